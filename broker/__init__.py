@@ -1,0 +1,1 @@
+"""The zeropool broker: one process that queues calls and routes them to workers."""

@@ -1,0 +1,331 @@
+"""The broker's I/O: one ROUTER socket, one poll loop.
+
+    clients --SUBMIT/CANCEL-->  +-------------------------+  --DISPATCH--> workers
+            <--RESULTS-------   | ROUTER  (one address)   |  <--RESULTS---
+                                |   decode -> on_<op>()   |
+                                |   state.assign()        |  BrokerState: queue,
+                                |   flush results         |  in-flight, credit,
+                                |   heartbeats, expire    |  liveness (no I/O)
+                                +-------------------------+
+
+Each pass of the loop reads every message already waiting (so one DISPATCH
+to a worker and one RESULTS to a client can carry many tasks), hands queued
+tasks to workers with credit, flushes results per client, then runs the timed
+chores. Payload frames are forwarded as received; the broker decodes only
+msgpack headers and never imports the pickling code.
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from broker.state import BrokerState, Expired
+from protocol import (
+    PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat,
+    Hello, Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults, decode, encode,
+    split_frames,
+)
+from protocol import defaults
+
+log = logging.getLogger("zeropool.broker")
+
+# Messages read per pass before dispatching: large enough to batch a burst,
+# small enough that a flood from one client cannot starve timed chores.
+MAX_READS_PER_PASS = 2000
+# Bad-input log lines per heartbeat interval; the rest are counted.
+MAX_COMPLAINTS_PER_INTERVAL = 10
+
+
+@dataclass(slots=True)
+class _Outgoing:
+    """Results gathered for one client during a pass."""
+
+    results: list = field(default_factory=list)
+    started: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+    payload: list = field(default_factory=list)
+
+
+class Broker:
+    """Binds one address for clients and workers and serves until stopped."""
+
+    def __init__(self, bind: str, *, heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+                 liveness: int = defaults.HEARTBEAT_LIVENESS,
+                 max_retries: int = defaults.MAX_TASK_RETRIES,
+                 max_message_size: int = defaults.MAX_MESSAGE_SIZE) -> None:
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.ROUTER)
+        # Unroutable sends raise instead of vanishing; a peer that reconnects
+        # with its id takes over the old connection.
+        self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.socket.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No high-water mark: ZeroMQ would drop or block at it. Credit bounds
+        # what goes to workers; clients bound what comes back to them.
+        self.socket.setsockopt(zmq.SNDHWM, 0)
+        self.socket.setsockopt(zmq.RCVHWM, 0)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        try:
+            self.socket.bind(bind)
+        except zmq.ZMQError:
+            self.close()
+            raise
+        self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.state = BrokerState(heartbeat_interval * liveness, max_retries)
+        self._stopping = False
+        self._outgoing: dict[bytes, _Outgoing] = {}
+        self._unreachable: set[bytes] = set()
+        self._complaints = 0
+
+    def stop(self) -> None:
+        """Ask the loop to finish its pass and return (safe from a signal handler)."""
+        self._stopping = True
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+    # -- the loop ----------------------------------------------------------
+
+    def serve(self, watch_fd: int | None = None) -> None:
+        """Run until ``stop()``; if ``watch_fd`` becomes readable (its writer,
+        the parent process, has exited) stop too."""
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        # A signal writes to this pipe, so the poll below wakes at once.
+        previous_wakeup = signal.set_wakeup_fd(wake_write) if _main_thread() else None
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        poller.register(wake_read, zmq.POLLIN)
+        if watch_fd is not None:
+            poller.register(watch_fd, zmq.POLLIN)
+        next_chores = time.monotonic() + self.heartbeat_interval
+        log.info("broker listening on %s (protocol %d)", self.address, PROTOCOL_VERSION)
+        try:
+            while not self._stopping:
+                timeout = max(0.0, next_chores - time.monotonic())
+                events = dict(poller.poll(timeout * 1000))
+                if watch_fd is not None and watch_fd in events:
+                    log.info("parent process has exited; stopping")
+                    break
+                if wake_read in events:
+                    os.read(wake_read, 512)
+                if self.socket in events:
+                    self._read_all()
+                self._dispatch()
+                self._flush()
+                now = time.monotonic()
+                if now >= next_chores:
+                    self._send_heartbeats()
+                    self._expire(now)
+                    self._complaints = 0
+                    next_chores = now + self.heartbeat_interval
+            self._say_goodbye()
+        finally:
+            if previous_wakeup is not None:
+                signal.set_wakeup_fd(previous_wakeup)
+            os.close(wake_read)
+            os.close(wake_write)
+            self.close()
+        log.info("broker stopped")
+
+    def _read_all(self) -> None:
+        for _ in range(MAX_READS_PER_PASS):
+            try:
+                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            peer_id = frames[0].bytes
+            try:
+                self._handle(peer_id, frames[1:])
+            except ProtocolError as exc:
+                self._complain(peer_id, "bad_message", str(exc))
+
+    def _handle(self, peer_id: bytes, frames: list) -> None:
+        now = time.monotonic()
+        role = self.state.role_of(peer_id)
+        message, payload = decode(frames, Role.WORKER if role == "worker" else None)
+        if message.op is Op.HELLO:
+            return self.on_hello(peer_id, message, payload, now)
+        if role is None:
+            raise ProtocolError(f"{message.op.value} before HELLO")
+        self.state.seen(peer_id, now)
+        handler = _HANDLERS.get((role, message.op))
+        if handler is None:
+            raise ProtocolError(f"a {role} may not send {message.op.value}")
+        handler(self, peer_id, message, payload)
+
+    # -- handlers ----------------------------------------------------------
+
+    def on_hello(self, peer_id: bytes, hello: Hello, payload: list, now: float) -> None:
+        if hello.version != PROTOCOL_VERSION:
+            log.warning("refused peer %s: protocol version %d, broker speaks %d",
+                        peer_id.hex(), hello.version, PROTOCOL_VERSION)
+            self._send(peer_id, Refused(
+                f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
+                f"{hello.version}; install the same zeropool version on every host",
+                PROTOCOL_VERSION))
+            return
+        known = self.state.role_of(peer_id)
+        if known is not None and known != hello.role.value:
+            raise ProtocolError(f"peer registered as {known} now claims to be {hello.role.value}")
+        if hello.role is Role.CLIENT:
+            if hello.init_frames != len(payload):
+                raise ProtocolError("HELLO announces a different number of initializer frames")
+            self.state.add_client(peer_id, payload, now)
+            log.info("client %s joined (host %s, pid %d)", peer_id.hex(), hello.host, hello.pid)
+        else:
+            if payload:
+                raise ProtocolError("a worker's HELLO carries no payload")
+            _, expired = self.state.add_worker(peer_id, hello.credit, now, pid=hello.pid,
+                                               host=hello.host)
+            self._report(expired, "rejoined")
+            log.info("worker %s joined (host %s, pid %d, %d slots)", peer_id.hex(), hello.host,
+                     hello.pid, hello.credit)
+        self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness))
+
+    def on_submit(self, client_id: bytes, submit: Submit, payload: list) -> None:
+        groups = split_frames([nframes for _, nframes in submit.tasks], payload)
+        for (task_id, _), frames in zip(submit.tasks, groups):
+            if not self.state.submit(client_id, task_id, frames):
+                self._complain(client_id, "duplicate_task", f"task id {task_id} is already known")
+
+    def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
+        cancelled = self.state.cancel(client_id, cancel.task_ids)
+        self._send(client_id, CancelReply(cancel.request_id, cancelled))
+
+    def on_results(self, worker_id: bytes, news: WorkerResults, payload: list) -> None:
+        for client_id, task_id in news.started:
+            if self.state.started(worker_id, (client_id, task_id)):
+                self._outgoing_for(client_id).started.append(task_id)
+        groups = split_frames([row[3] for row in news.results], payload)
+        for (client_id, task_id, status, nframes), frames in zip(news.results, groups):
+            task = self.state.finish(worker_id, (client_id, task_id))
+            if task is None:
+                log.debug("dropped result of task %d from worker %s: not in flight there",
+                          task_id, worker_id.hex())
+                continue
+            out = self._outgoing_for(client_id)
+            out.results.append([task_id, status, nframes])
+            out.payload.extend(frames)
+        if news.credit:
+            self.state.add_credit(worker_id, news.credit)
+
+    def on_heartbeat(self, peer_id: bytes, heartbeat: Heartbeat, payload: list) -> None:
+        pass  # being heard from is all a heartbeat says
+
+    def on_worker_bye(self, worker_id: bytes, bye: Bye, payload: list) -> None:
+        expired = self.state.remove_worker(worker_id, lost=False)
+        log.info("worker %s left (%s)", worker_id.hex(), bye.reason or "no reason given")
+        self._report(expired, "left")
+
+    def on_client_bye(self, client_id: bytes, bye: Bye, payload: list) -> None:
+        self.state.remove_client(client_id)
+        log.info("client %s left", client_id.hex())
+
+    # -- sending -----------------------------------------------------------
+
+    def _outgoing_for(self, client_id: bytes) -> _Outgoing:
+        out = self._outgoing.get(client_id)
+        if out is None:
+            out = self._outgoing[client_id] = _Outgoing()
+        return out
+
+    def _send(self, peer_id: bytes, message, payload: list = ()) -> None:
+        try:
+            self.socket.send_multipart([peer_id, *encode(message, payload)], copy=False)
+        except zmq.ZMQError as exc:
+            if exc.errno != errno.EHOSTUNREACH:
+                raise
+            self._unreachable.add(peer_id)
+
+    def _dispatch(self) -> None:
+        for assignment in self.state.assign():
+            rows, payload = [], []
+            for client_id, frames in assignment.inits:
+                payload.extend(frames)
+            for task in assignment.tasks:
+                rows.append([task.client_id, task.task_id, len(task.frames)])
+                payload.extend(task.frames)
+            inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
+            self._send(assignment.worker_id, Dispatch(rows, inits), payload)
+
+    def _flush(self) -> None:
+        outgoing, self._outgoing = self._outgoing, {}
+        for client_id, out in outgoing.items():
+            if client_id in self.state.clients:
+                self._send(client_id, ClientResults(out.results, out.started, out.errors),
+                           out.payload)
+        while self._unreachable:
+            peer_id = self._unreachable.pop()
+            role = self.state.role_of(peer_id)
+            log.info("%s %s is unreachable; forgetting it", role or "peer", peer_id.hex())
+            if role == "worker":
+                self._report(self.state.remove_worker(peer_id, lost=True), "unreachable")
+            elif role == "client":
+                self.state.remove_client(peer_id)
+
+    def _send_heartbeats(self) -> None:
+        heartbeat = Heartbeat()
+        for peer_id in [*self.state.workers, *self.state.clients]:
+            self._send(peer_id, heartbeat)
+
+    def _expire(self, now: float) -> None:
+        expired = self.state.expire(now)
+        for client_id in expired.clients:
+            log.warning("client %s silent for %.1fs; dropped its queued tasks", client_id.hex(),
+                        self.state.peer_timeout)
+        self._report(expired, "silent for %.1fs" % self.state.peer_timeout)
+        self._flush()
+
+    def _report(self, expired: Expired, why: str) -> None:
+        """Log lost workers and fail poison tasks back to their clients."""
+        if expired.workers and why != "left":
+            log.warning("worker(s) %s %s; %d task(s) requeued",
+                        ", ".join(w.hex() for w in expired.workers), why, expired.requeued)
+        for task in expired.poisoned:
+            workers = ", ".join(w.hex() for w in task.lost_on)
+            self._outgoing_for(task.client_id).errors.append([
+                task.task_id, "worker_lost",
+                f"task {task.task_id} was running on {len(task.lost_on)} workers that died "
+                f"({workers}); it probably crashes them (os._exit, a segfault, running out "
+                f"of memory), so it is not retried again"])
+            log.warning("task %d of client %s failed: lost %d workers", task.task_id,
+                        task.client_id.hex(), len(task.lost_on))
+
+    def _say_goodbye(self) -> None:
+        for peer_id in [*self.state.workers, *self.state.clients]:
+            self._send(peer_id, Bye("broker stopping"))
+
+    def _complain(self, peer_id: bytes, code: str, text: str) -> None:
+        """Log bad input at a bounded rate and tell the peer, then carry on."""
+        self._complaints += 1
+        if self._complaints <= MAX_COMPLAINTS_PER_INTERVAL:
+            log.warning("peer %s: %s: %s", peer_id.hex(), code, text)
+        elif self._complaints == MAX_COMPLAINTS_PER_INTERVAL + 1:
+            log.warning("more bad messages this interval; not logging them")
+        self._send(peer_id, Error(code, text[:1000]))
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+_HANDLERS = {
+    ("client", Op.SUBMIT): Broker.on_submit,
+    ("client", Op.CANCEL): Broker.on_cancel,
+    ("client", Op.HEARTBEAT): Broker.on_heartbeat,
+    ("client", Op.BYE): Broker.on_client_bye,
+    ("worker", Op.RESULTS): Broker.on_results,
+    ("worker", Op.HEARTBEAT): Broker.on_heartbeat,
+    ("worker", Op.BYE): Broker.on_worker_bye,
+}

@@ -1,0 +1,251 @@
+"""The broker's bookkeeping: queue, in-flight tables, credit and liveness.
+
+Plain objects with no sockets; every method that depends on time takes
+``now`` (a ``time.monotonic()`` value), so this module is tested directly.
+
+Per-task work is O(1): the queue is a deque with a dict beside it for
+cancellation (a cancelled task stays in the deque and is skipped when it
+reaches the front); in-flight tasks are indexed by key globally and per worker.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+TaskKey = tuple  # (client_id: bytes, task_id: int)
+
+
+@dataclass(slots=True, eq=False)
+class Task:
+    client_id: bytes
+    task_id: int
+    frames: list
+    # Workers this task was in flight on when they died (for the poison rule).
+    lost_on: list = field(default_factory=list)
+
+    @property
+    def key(self) -> TaskKey:
+        return (self.client_id, self.task_id)
+
+
+@dataclass(slots=True, eq=False)
+class Worker:
+    worker_id: bytes
+    credit: int
+    last_seen: float
+    pid: int = 0
+    host: str = ""
+    threads: int = 0
+    in_flight: dict = field(default_factory=dict)  # TaskKey -> Task
+    inits_sent: set = field(default_factory=set)  # client ids whose initializer it has
+    done: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class Client:
+    client_id: bytes
+    last_seen: float
+    init_frames: list = field(default_factory=list)
+    queued: int = 0
+    in_flight: int = 0
+    done: int = 0
+
+
+@dataclass(slots=True)
+class Assignment:
+    """Tasks to send to one worker, with the initializers it still needs."""
+
+    worker_id: bytes
+    tasks: list
+    inits: list  # [(client_id, frames)]
+
+
+@dataclass(slots=True)
+class Expired:
+    """What a liveness check found: dead peers, and tasks that must fail."""
+
+    workers: list = field(default_factory=list)
+    clients: list = field(default_factory=list)
+    requeued: int = 0
+    poisoned: list = field(default_factory=list)  # [Task]
+
+
+class BrokerState:
+    """Queue and bookkeeping for one broker."""
+
+    def __init__(self, peer_timeout: float, max_retries: int) -> None:
+        self.peer_timeout = peer_timeout
+        self.max_retries = max_retries
+        self.queue: deque[Task] = deque()
+        self.queued: dict[TaskKey, Task] = {}
+        self.in_flight: dict[TaskKey, bytes] = {}  # TaskKey -> worker id
+        self.workers: dict[bytes, Worker] = {}
+        self.clients: dict[bytes, Client] = {}
+        # Workers with credit, oldest first; a dict is an ordered set.
+        self.ready: dict[bytes, None] = {}
+
+    # -- peers -------------------------------------------------------------
+
+    def add_client(self, client_id: bytes, init_frames: list, now: float) -> Client:
+        client = self.clients.get(client_id)
+        if client is None:
+            client = self.clients[client_id] = Client(client_id, now)
+        client.init_frames = init_frames
+        client.last_seen = now
+        return client
+
+    def add_worker(self, worker_id: bytes, credit: int, now: float, *, pid: int = 0,
+                   host: str = "") -> tuple[Worker, Expired]:
+        """Register a worker; a worker id seen again replaces the old one."""
+        expired = Expired()
+        if worker_id in self.workers:
+            self._remove_worker(worker_id, expired)
+        worker = self.workers[worker_id] = Worker(worker_id, credit, now, pid, host, credit)
+        if credit:
+            self.ready[worker_id] = None
+        return worker, expired
+
+    def seen(self, peer_id: bytes, now: float) -> None:
+        peer = self.workers.get(peer_id) or self.clients.get(peer_id)
+        if peer is not None:
+            peer.last_seen = now
+
+    def role_of(self, peer_id: bytes) -> str | None:
+        if peer_id in self.workers:
+            return "worker"
+        if peer_id in self.clients:
+            return "client"
+        return None
+
+    def remove_worker(self, worker_id: bytes, *, lost: bool) -> Expired:
+        """A worker left (``lost=False``: its in-flight tasks are requeued without
+        counting against them) or died (``lost=True``: they count a try)."""
+        expired = Expired()
+        self._remove_worker(worker_id, expired, lost=lost)
+        return expired
+
+    def remove_client(self, client_id: bytes) -> None:
+        """Forget a client: drop its queued tasks; its late results will be discarded."""
+        client = self.clients.pop(client_id, None)
+        if client is None:
+            return
+        if client.queued:
+            for key in [k for k in self.queued if k[0] == client_id]:
+                del self.queued[key]
+            self.queue = deque(t for t in self.queue if t.client_id != client_id)
+        for worker in self.workers.values():
+            worker.inits_sent.discard(client_id)
+
+    def expire(self, now: float) -> Expired:
+        """Remove peers silent for longer than ``peer_timeout``."""
+        expired = Expired()
+        deadline = now - self.peer_timeout
+        for worker_id in [w.worker_id for w in self.workers.values() if w.last_seen < deadline]:
+            self._remove_worker(worker_id, expired, lost=True)
+        for client_id in [c.client_id for c in self.clients.values() if c.last_seen < deadline]:
+            self.remove_client(client_id)
+            expired.clients.append(client_id)
+        return expired
+
+    def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True) -> None:
+        worker = self.workers.pop(worker_id)
+        self.ready.pop(worker_id, None)
+        expired.workers.append(worker_id)
+        # Requeue at the front, keeping their original order.
+        for task in reversed(list(worker.in_flight.values())):
+            del self.in_flight[task.key]
+            client = self.clients.get(task.client_id)
+            if client is None:
+                continue
+            client.in_flight -= 1
+            if lost:
+                task.lost_on.append(worker_id)
+                if len(task.lost_on) >= self.max_retries:
+                    expired.poisoned.append(task)
+                    continue
+            self.queue.appendleft(task)
+            self.queued[task.key] = task
+            client.queued += 1
+            expired.requeued += 1
+
+    # -- tasks -------------------------------------------------------------
+
+    def submit(self, client_id: bytes, task_id: int, frames: list) -> bool:
+        """Queue a task; False if the id is already known (a replay), which is dropped."""
+        key = (client_id, task_id)
+        if key in self.queued or key in self.in_flight:
+            return False
+        task = Task(client_id, task_id, frames)
+        self.queue.append(task)
+        self.queued[key] = task
+        self.clients[client_id].queued += 1
+        return True
+
+    def cancel(self, client_id: bytes, task_ids: list) -> list:
+        """Drop those tasks that no worker has been given; returns their ids."""
+        cancelled = []
+        client = self.clients[client_id]
+        for task_id in task_ids:
+            if self.queued.pop((client_id, task_id), None) is not None:
+                cancelled.append(task_id)
+                client.queued -= 1
+        return cancelled
+
+    def add_credit(self, worker_id: bytes, credit: int) -> None:
+        worker = self.workers[worker_id]
+        worker.credit += credit
+        if worker.credit > 0:
+            self.ready[worker_id] = None
+
+    def assign(self) -> list[Assignment]:
+        """Hand queued tasks to workers with credit, spreading them evenly."""
+        assignments = []
+        while self.queued and self.ready:
+            worker_id = next(iter(self.ready))
+            del self.ready[worker_id]
+            worker = self.workers[worker_id]
+            # An even share keeps one worker from taking a small queue whole
+            # while another idles.
+            share = math.ceil(len(self.queued) / (len(self.ready) + 1))
+            tasks, inits = [], []
+            while len(tasks) < min(worker.credit, share) and self.queue:
+                task = self.queue.popleft()
+                key = task.key
+                if self.queued.get(key) is not task:
+                    continue  # cancelled or its client is gone
+                del self.queued[key]
+                self.in_flight[key] = worker_id
+                worker.in_flight[key] = task
+                client = self.clients[task.client_id]
+                client.queued -= 1
+                client.in_flight += 1
+                if client.init_frames and task.client_id not in worker.inits_sent:
+                    worker.inits_sent.add(task.client_id)
+                    inits.append((task.client_id, client.init_frames))
+                tasks.append(task)
+            worker.credit -= len(tasks)
+            if worker.credit > 0:
+                self.ready[worker_id] = None
+            if tasks:
+                assignments.append(Assignment(worker_id, tasks, inits))
+        return assignments
+
+    def started(self, worker_id: bytes, key: TaskKey) -> bool:
+        """True if this worker really holds that task (else the news is dropped)."""
+        return self.in_flight.get(key) == worker_id and key[0] in self.clients
+
+    def finish(self, worker_id: bytes, key: TaskKey) -> Task | None:
+        """Take a finished task off its worker; None if that worker never held it."""
+        if self.in_flight.get(key) != worker_id:
+            return None
+        del self.in_flight[key]
+        worker = self.workers[worker_id]
+        task = worker.in_flight.pop(key)
+        worker.done += 1
+        client = self.clients.get(task.client_id)
+        if client is None:
+            return None
+        client.in_flight -= 1
+        client.done += 1
+        return task

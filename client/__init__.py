@@ -1,0 +1,10 @@
+"""zeropool's client: a ``concurrent.futures.Executor`` whose workers may be anywhere."""
+from __future__ import annotations
+
+from client.errors import (
+    BrokerUnreachable, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
+)
+from client.executor import Executor
+
+__all__ = ["BrokerUnreachable", "Executor", "InitializerError", "RemoteError",
+           "RemoteTraceback", "WorkerLostError"]

@@ -1,0 +1,93 @@
+"""An embedded local cluster: a broker and worker processes started for one Executor.
+
+They are started through their installed commands from a neutral working
+directory (a user's ``protocol.py`` cannot shadow ours) and each watches a
+pipe whose write end only this process holds: when this process exits, even
+by SIGKILL, the pipe reads as closed and they stop. No orphans.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+log = logging.getLogger("zeropool.client")
+
+# How long the broker may take to start listening before we give up.
+BROKER_START_TIMEOUT = 30.0
+# How long processes get to exit after the watch pipe closes before SIGKILL.
+STOP_TIMEOUT = 5.0
+
+
+def _command(name: str) -> list[str]:
+    """The installed console script beside this interpreter, else ``python -m``."""
+    script = os.path.join(os.path.dirname(sys.executable), name)
+    if os.access(script, os.X_OK):
+        return [script]
+    found = shutil.which(name)
+    return [found] if found else [sys.executable, "-m", name]
+
+
+class LocalCluster:
+    """A broker on a free loopback port and one supervisor of ``workers`` processes."""
+
+    def __init__(self, workers: int, threads: int = 1, log_level: str = "WARNING") -> None:
+        self._watch_read, self._watch_write = os.pipe()
+        self._cwd = tempfile.mkdtemp(prefix="zeropool-")
+        self._processes: list[subprocess.Popen] = []
+        env = dict(os.environ)
+        # Worker output reaches the user's terminal as it is printed.
+        env["PYTHONUNBUFFERED"] = "1"
+        # Modules importable here are importable in the workers, after their own paths.
+        env["ZEROPOOL_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+        self._env = env
+        try:
+            ready_read, ready_write = os.pipe()
+            try:
+                self._start([*_command("broker"), "--bind", "tcp://127.0.0.1:*",
+                             "--ready-fd", str(ready_write), "--log-level", log_level],
+                            extra_fds=(ready_write,))
+            finally:
+                os.close(ready_write)
+            with os.fdopen(ready_read) as ready:
+                self.address = ready.readline().strip()
+            if not self.address:
+                raise RuntimeError(
+                    "the embedded broker exited before listening; its error is printed above. "
+                    "Check that zeropool is installed (pip install zeropool) in "
+                    f"{sys.executable}")
+            self._start([*_command("worker"), self.address, "--processes", str(workers),
+                         "--threads", str(threads), "--log-level", log_level])
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, argv: list[str], extra_fds: tuple[int, ...] = ()) -> None:
+        argv = [*argv, "--watch-fd", str(self._watch_read)]
+        self._processes.append(subprocess.Popen(
+            argv, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL,
+            pass_fds=(self._watch_read, *extra_fds)))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._processes]
+
+    def close(self) -> None:
+        """Stop every process of the cluster and wait for them."""
+        if self._watch_write is not None:
+            os.close(self._watch_write)  # every process sees EOF and exits
+            os.close(self._watch_read)
+            self._watch_write = None
+        for process in self._processes:
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                log.warning("embedded %s (pid %d) did not stop; killing it",
+                            os.path.basename(process.args[0]), process.pid)
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+        shutil.rmtree(self._cwd, ignore_errors=True)

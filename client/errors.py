@@ -1,0 +1,32 @@
+"""Errors a zeropool user can see.
+
+    concurrent.futures.BrokenExecutor
+     ├── InitializerError      the executor's initializer raised on a worker
+     └── BrokerUnreachable     no broker answered in time
+    Exception
+     ├── WorkerLostError       a task kept killing the workers that ran it
+     └── RemoteError           a task's exception that could not be pickled (text only)
+
+A task's own exception is re-raised as itself, with the worker's traceback as
+its ``__cause__`` (a ``RemoteTraceback``), as with ProcessPoolExecutor.
+"""
+from __future__ import annotations
+
+from concurrent.futures import BrokenExecutor
+
+from protocol.errors import RemoteError, RemoteTraceback
+
+__all__ = ["BrokerUnreachable", "InitializerError", "RemoteError", "RemoteTraceback",
+           "WorkerLostError"]
+
+
+class InitializerError(BrokenExecutor):
+    """Raised when the executor's initializer failed on a worker; the executor is broken."""
+
+
+class BrokerUnreachable(BrokenExecutor):
+    """Raised when no broker answered at the executor's address within the connect timeout."""
+
+
+class WorkerLostError(Exception):
+    """Raised when a task was running on too many workers that died (a poison task)."""

@@ -1,0 +1,125 @@
+"""``Executor``: a ``concurrent.futures.Executor`` backed by a zeropool broker."""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+import weakref
+from concurrent.futures import Executor as _BaseExecutor
+from concurrent.futures import Future
+from typing import Any, Callable, Iterable, Iterator
+
+from client.cluster import LocalCluster
+from client.session import Session, TaskFuture
+from protocol import defaults
+from protocol.payload import dumps, run_chunk
+
+__all__ = ["Executor"]
+
+
+class Executor(_BaseExecutor):
+    """Runs calls on zeropool workers; a drop-in for ``ProcessPoolExecutor``.
+
+    With no ``address`` it starts an embedded local cluster: a broker and
+    ``max_workers`` worker processes (default ``os.cpu_count()``) on loopback,
+    stopped on shutdown, at interpreter exit, or when this process dies.
+
+    With ``address`` (a running broker; also accepted as the first argument)
+    it uses every worker attached to that broker; ``max_workers`` then caps
+    how many of this executor's tasks may be queued or running at the broker
+    at once (default: no cap).
+
+    ``initializer(*initargs)`` runs once in each worker process before that
+    worker runs this executor's first task; if it raises, the executor breaks
+    (``InitializerError``, a ``BrokenExecutor``), as the stdlib pools do.
+    """
+
+    def __init__(self, max_workers: int | str | None = None, *, address: str | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+                 connect_timeout: float = defaults.CONNECT_TIMEOUT) -> None:
+        if isinstance(max_workers, str) and address is None:
+            address, max_workers = max_workers, None
+        if max_workers is not None:
+            if not isinstance(max_workers, int) or isinstance(max_workers, bool):
+                raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
+            if max_workers <= 0:
+                raise ValueError("max_workers must be greater than 0")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        init_frames = dumps((initializer, tuple(initargs))) if initializer is not None else []
+        self._cluster: LocalCluster | None = None
+        if address is None:
+            self._cluster = LocalCluster(max_workers or os.cpu_count() or 1)
+            address, cap = self._cluster.address, None
+        else:
+            cap = max_workers
+        self._max_workers = max_workers
+        try:
+            self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
+                                    connect_timeout=connect_timeout,
+                                    on_close=self._cluster.close if self._cluster else None)
+        except BaseException:
+            if self._cluster is not None:
+                self._cluster.close()
+            raise
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        # Dropped without shutdown(): finish the pending work, then disconnect.
+        weakref.finalize(self, self._session.close, False)
+
+    @property
+    def address(self) -> str:
+        """The broker's address (the embedded one's, if this executor started it)."""
+        return self._session.address
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        with self._shutdown_lock:
+            if self._session.broken is not None:
+                raise self._session.broken
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            return self._session.submit(fn, args, kwargs)
+
+    submit.__doc__ = _BaseExecutor.submit.__doc__
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1) -> Iterator:
+        """Like ``ProcessPoolExecutor.map``: results in order, lazily; with
+        ``chunksize`` > 1 items travel and run in chunks of that size."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        if chunksize == 1:
+            fs = [self.submit(fn, *args) for args in zip(*iterables)]
+            return self._results(fs, end_time, chunked=False)
+        items = zip(*iterables)
+        fs = [self.submit(run_chunk, fn, chunk)
+              for chunk in iter(lambda: tuple(itertools.islice(items, chunksize)), ())]
+        return self._results(fs, end_time, chunked=True)
+
+    def _results(self, fs: list, end_time: float | None, chunked: bool) -> Iterator:
+        # A generator of its own, so that map() submits at once, as the stdlib's does.
+        try:
+            fs.reverse()
+            while fs:
+                future = fs[-1]
+                timeout = None if end_time is None else end_time - time.monotonic()
+                value = future.result(timeout)
+                fs.pop()
+                if chunked:
+                    yield from value
+                else:
+                    yield value
+        finally:
+            # One request for all of them, not a round trip each.
+            self._session.cancel([f for f in fs if isinstance(f, TaskFuture)])
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        if cancel_futures:
+            self._session.cancel(self._session.pending_futures())
+        self._session.close(wait=wait)
+
+    shutdown.__doc__ = _BaseExecutor.shutdown.__doc__

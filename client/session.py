@@ -1,0 +1,457 @@
+"""The client's I/O thread and task table.
+
+    submit()  --pickle in caller's thread-->  outbox --Waker-->  I/O thread --SUBMIT--> broker
+    Future    <--set_result / set_exception--  I/O thread  <--RESULTS-- broker
+    cancel()  --request--> outbox ... I/O thread --CANCEL--> broker --CANCEL_REPLY--> verdict
+
+One thread owns the DEALER socket. Callers pickle their call themselves (so a
+pickling error raises from ``submit``), record it in the task table and wake
+the I/O thread, which sends everything queued since its last pass as one
+SUBMIT. Each task's serialized call stays in the table until its result
+arrives, so a reconnect can resubmit it (the broker drops ids it already has).
+
+The broker decides cancellation: ``cancel()`` asks it and returns True only if
+no worker has been given the task, so a cancelled task never runs.
+"""
+from __future__ import annotations
+
+import atexit
+import collections
+import itertools
+import logging
+import os
+import socket as socketlib
+import threading
+import time
+import weakref
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import zmq
+
+from client.errors import BrokerUnreachable, InitializerError, WorkerLostError
+from protocol import (
+    PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
+    ProtocolError, Role, Status, Submit, decode, encode, split_frames,
+)
+from protocol import defaults
+from protocol.payload import dumps_call, loads_result
+from protocol.waker import Waker
+
+log = logging.getLogger("zeropool.client")
+
+# Tasks per SUBMIT message at most: big enough to amortize the per-message
+# cost, small enough that the broker can interleave other peers' messages.
+MAX_SUBMIT_BATCH = 1000
+
+
+class TaskFuture(Future):
+    """A ``concurrent.futures.Future`` whose ``cancel()`` asks the broker first."""
+
+    def __init__(self, session: Session, task_id: int) -> None:
+        super().__init__()
+        self.task_id = task_id
+        self._session = session
+
+    def cancel(self) -> bool:
+        if self.running() or self.done():
+            return super().cancel()
+        self._session.cancel([self])
+        return self.cancelled()
+
+
+@dataclass(slots=True, eq=False)
+class _Entry:
+    future: TaskFuture
+    frames: list
+    sent: bool = False
+
+
+class _CancelRequest:
+    __slots__ = ("task_ids", "request_id", "done")
+
+    def __init__(self, task_ids: list[int], request_id: int) -> None:
+        self.task_ids = task_ids
+        self.request_id = request_id
+        self.done = threading.Event()
+
+
+class Session:
+    """A connection to one broker, served by one I/O thread."""
+
+    def __init__(self, address: str, *, init_frames: list = (),
+                 max_in_flight: int | None = None,
+                 connect_timeout: float = defaults.CONNECT_TIMEOUT,
+                 on_close: Callable[[], None] | None = None) -> None:
+        self.address = address
+        host = socketlib.gethostname()[:64]
+        self.client_id = f"c-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
+        self._host = host
+        self._init_frames = list(init_frames)
+        self._max_in_flight = max_in_flight
+        self._connect_timeout = connect_timeout
+        self._on_close = on_close
+        self._heartbeat_interval = defaults.HEARTBEAT_INTERVAL
+        self._liveness = defaults.HEARTBEAT_LIVENESS
+
+        self._lock = threading.Lock()  # guards _pending across caller threads and the I/O thread
+        self._pending: dict[int, _Entry] = {}
+        self._task_ids = itertools.count(1)
+        self._request_ids = itertools.count(1)
+        self._outbox: collections.deque = collections.deque()
+        self._unsent: collections.deque[int] = collections.deque()
+        self._cancels: dict[int, _CancelRequest] = {}
+        self._open = 0  # tasks sent and not finished, for max_in_flight
+        self._waker = Waker()
+        self._welcomed = threading.Event()
+        self._refused: str | None = None
+        self._closing = False
+        self.broken: BaseException | None = None
+
+        self._context = zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._broker_seen = 0.0
+        self._last_send = 0.0
+        self._thread = threading.Thread(target=self._run, name="zeropool-client-io", daemon=True)
+        self._thread.start()
+        _live_sessions.add(self)
+        if not self._welcomed.wait(connect_timeout) or self._refused is not None:
+            self.close(wait=False, force=True)
+            if self._refused is not None:
+                raise BrokerUnreachable(f"the broker at {address} refused this client: "
+                                        f"{self._refused}")
+            raise BrokerUnreachable(
+                f"no broker answered at {address} within {connect_timeout:g}s; check that "
+                "a broker is running there (broker --bind ...) and reachable from this host, "
+                "or pass a longer connect_timeout")
+
+    # -- called from user threads -------------------------------------------
+
+    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
+        frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
+        task_id = next(self._task_ids)
+        future = TaskFuture(self, task_id)
+        with self._lock:
+            self._pending[task_id] = _Entry(future, frames)
+        self._outbox.append(task_id)
+        self._waker.wake()
+        return future
+
+    def cancel(self, futures: Iterable[TaskFuture]) -> None:
+        """Cancel those of ``futures`` that no worker has been given."""
+        task_ids = [f.task_id for f in futures if not (f.running() or f.done())]
+        if not task_ids or not self._thread.is_alive():
+            return
+        request = _CancelRequest(task_ids, next(self._request_ids))
+        if threading.current_thread() is self._thread:
+            # From a done-callback: the I/O thread cannot wait for itself, so
+            # only tasks still here are cancelled.
+            self._cancel_unsent(request)
+            return
+        self._outbox.append(request)
+        self._waker.wake()
+        # The I/O thread answers every request, at the latest when it gives up
+        # on the broker; the timeout only guards against it having died.
+        while not request.done.wait(1.0):
+            if not self._thread.is_alive():
+                return
+
+    def pending_futures(self) -> list[TaskFuture]:
+        with self._lock:
+            return [entry.future for entry in self._pending.values()]
+
+    def close(self, wait: bool = True, force: bool = False) -> None:
+        """Finish pending tasks (or, with ``force``, abandon them), then disconnect."""
+        self._closing = True
+        if force:
+            self._fail_all(BrokerUnreachable("the executor was shut down before this task ran"))
+        self._waker.wake()
+        if wait and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    # -- the I/O thread -----------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:
+            log.exception("zeropool client I/O thread failed")
+            self._fail_all(BrokerUnreachable(f"the client's I/O thread failed: {exc!r}"))
+        finally:
+            for request in list(self._cancels.values()):
+                request.done.set()
+            if self._socket is not None:
+                self._socket.close(linger=0)
+            self._context.term()
+            self._waker.close()
+            _live_sessions.discard(self)
+            if self._on_close is not None:
+                self._on_close()
+
+    def _serve(self) -> None:
+        self._connect()
+        poller = zmq.Poller()
+        poller.register(self._waker.fd, zmq.POLLIN)
+        lost_since: float | None = None
+        while True:
+            poller.register(self._socket, zmq.POLLIN)
+            deadline = min(self._last_send + self._heartbeat_interval,
+                           self._broker_seen + self._heartbeat_interval * self._liveness)
+            events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            if self._socket in events:
+                self._read_all()
+                if self._refused is not None:
+                    return
+            self._waker.clear()
+            self._drain_outbox()
+            if self._closing and not self._pending and not self._outbox:
+                if self._welcomed.is_set():
+                    self._send(Bye("client shut down"))
+                return
+            now = time.monotonic()
+            if now - self._broker_seen > self._heartbeat_interval * self._liveness:
+                lost_since = lost_since or now
+                if self._closing and now - lost_since > self._connect_timeout:
+                    self._fail_all(BrokerUnreachable(
+                        f"the broker at {self.address} has not answered for "
+                        f"{now - lost_since:.0f}s and the executor is shutting down; this "
+                        "task did not complete"))
+                    return
+                poller.unregister(self._socket)
+                self._reconnect()
+            else:
+                if self._welcomed.is_set():
+                    lost_since = None
+                if now - self._last_send >= self._heartbeat_interval:
+                    self._send(Heartbeat())
+
+    def _connect(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.client_id)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        self._socket = sock
+        self._broker_seen = time.monotonic()
+        self._send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=len(self._init_frames),
+                         pid=os.getpid(), host=self._host), self._init_frames)
+
+    def _reconnect(self) -> None:
+        log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
+                    self.address, self._heartbeat_interval * self._liveness, len(self._pending))
+        self._socket.close(linger=0)
+        # Unanswered cancels: nothing was cancelled as far as we know; the
+        # tasks are resubmitted and run.
+        for request in self._cancels.values():
+            request.done.set()
+        self._cancels.clear()
+        with self._lock:
+            entries = sorted(self._pending.items())
+        for task_id, entry in entries:
+            if entry.sent:
+                entry.sent = False
+                self._unsent.appendleft(task_id)
+        self._unsent = collections.deque(sorted(self._unsent))
+        self._open = 0
+        self._connect()
+
+    def _read_all(self) -> None:
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            self._broker_seen = time.monotonic()
+            try:
+                message, payload = decode(frames)
+                if message.op is Op.RESULTS:
+                    self._on_results(message, payload)
+                elif message.op is Op.CANCEL_REPLY:
+                    self._on_cancel_reply(message)
+                elif message.op is Op.WELCOME:
+                    self._heartbeat_interval = message.heartbeat_interval
+                    self._liveness = message.liveness
+                    self._welcomed.set()
+                elif message.op is Op.REFUSED:
+                    log.error("the broker refused this client: %s", message.reason)
+                    self._refused = message.reason
+                    return
+                elif message.op is Op.ERROR:
+                    self._on_error(message)
+                elif message.op is Op.BYE:
+                    log.warning("the broker at %s is going away (%s); will reconnect",
+                                self.address, message.reason)
+                    self._broker_seen = 0.0
+            except ProtocolError as exc:
+                log.error("bad message from the broker: %s", exc)
+
+    def _drain_outbox(self) -> None:
+        outbox = self._outbox
+        while outbox:
+            item = outbox.popleft()
+            if type(item) is int:
+                self._unsent.append(item)
+            else:
+                self._send_unsent()  # keep the broker's view in submission order
+                self._send_cancel(item)
+        self._send_unsent()
+
+    def _send_unsent(self) -> None:
+        unsent = self._unsent
+        while unsent:
+            room = MAX_SUBMIT_BATCH
+            if self._max_in_flight is not None:
+                room = min(room, self._max_in_flight - self._open)
+                if room <= 0:
+                    return
+            rows, payload = [], []
+            with self._lock:
+                while unsent and len(rows) < room:
+                    entry = self._pending.get(unsent.popleft())
+                    if entry is None or entry.sent:
+                        continue  # cancelled or failed meanwhile
+                    entry.sent = True
+                    rows.append([entry.future.task_id, len(entry.frames)])
+                    payload.extend(entry.frames)
+            if rows:
+                self._open += len(rows)
+                self._send(Submit(rows), payload)
+
+    def _cancel_unsent(self, request: _CancelRequest) -> list[int]:
+        """Cancel here the tasks not yet sent; returns the ids still to ask about."""
+        ask = []
+        cancelled = []
+        with self._lock:
+            for task_id in request.task_ids:
+                entry = self._pending.get(task_id)
+                if entry is None:
+                    continue
+                if entry.sent:
+                    ask.append(task_id)
+                else:
+                    del self._pending[task_id]
+                    cancelled.append(entry.future)
+        for future in cancelled:
+            Future.cancel(future)
+        return ask
+
+    def _send_cancel(self, request: _CancelRequest) -> None:
+        ask = self._cancel_unsent(request)
+        if not ask or not self._welcomed.is_set():
+            request.done.set()
+            return
+        self._cancels[request.request_id] = request
+        self._send(Cancel(request.request_id, ask))
+
+    def _on_cancel_reply(self, reply: CancelReply) -> None:
+        request = self._cancels.pop(reply.request_id, None)
+        futures = []
+        with self._lock:
+            for task_id in reply.task_ids:
+                entry = self._pending.pop(task_id, None)
+                if entry is not None:
+                    self._open -= 1
+                    futures.append(entry.future)
+        for future in futures:
+            Future.cancel(future)
+        if request is not None:
+            request.done.set()
+        self._send_unsent()
+
+    def _on_results(self, message: ClientResults, payload: list) -> None:
+        pending = self._pending
+        for task_id in message.started:
+            entry = pending.get(task_id)
+            if entry is not None:
+                _start(entry.future)
+        groups = split_frames([row[2] for row in message.results], payload)
+        for (task_id, status, _), frames in zip(message.results, groups):
+            with self._lock:
+                entry = pending.pop(task_id, None)
+            if entry is None:
+                continue  # a duplicate after a reconnect, or already failed
+            self._open -= 1
+            if status == Status.INIT_FAILED:
+                self._break(entry.future, frames)
+                continue
+            if not _start(entry.future):
+                continue
+            try:
+                ok, value = loads_result(status, frames)
+            except BaseException as exc:
+                entry.future.set_exception(exc)
+                continue
+            if ok:
+                entry.future.set_result(value)
+            else:
+                entry.future.set_exception(value)
+        for task_id, code, text in message.errors:
+            with self._lock:
+                entry = pending.pop(task_id, None)
+            if entry is not None:
+                self._open -= 1
+                if _start(entry.future):
+                    entry.future.set_exception(WorkerLostError(text) if code == "worker_lost"
+                                               else BrokerUnreachable(text))
+        self._send_unsent()
+
+    def _on_error(self, error: Error) -> None:
+        if error.code == "duplicate_task":
+            log.debug("broker already had a resubmitted task: %s", error.message)
+        else:
+            log.error("the broker refused a message of this client: %s: %s", error.code,
+                      error.message)
+
+    def _break(self, future: TaskFuture, frames: list) -> None:
+        """The initializer failed: fail everything, as the stdlib pools do."""
+        try:
+            _, cause = loads_result(Status.RAISED, frames)
+        except BaseException as exc:
+            cause = exc
+        broken = InitializerError(
+            f"the executor's initializer raised {type(cause).__name__}: {cause} on a worker; "
+            "the executor cannot run tasks any more. Fix the initializer and create a new "
+            "Executor.")
+        broken.__cause__ = cause
+        self.broken = broken
+        with self._lock:
+            entries = list(self._pending.values())
+            sent = [e.future.task_id for e in entries if e.sent]
+        if sent:
+            self._send(Cancel(0, sent))  # fire and forget: stop wasting workers' time
+        if _start(future):
+            future.set_exception(broken)
+        self._fail_all(broken)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            entries = list(self._pending.values())
+            self._pending.clear()
+        for entry in entries:
+            if _start(entry.future):
+                entry.future.set_exception(exc)
+
+    def _send(self, message: Any, payload: list = ()) -> None:
+        self._socket.send_multipart(encode(message, payload), copy=False)
+        self._last_send = time.monotonic()
+
+
+def _start(future: Future) -> bool:
+    """Move a future to RUNNING if it is not yet; False if it was cancelled or is done."""
+    if future.running():
+        return True
+    if future.done():
+        return False
+    return future.set_running_or_notify_cancel()
+
+
+_live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@atexit.register
+def _finish_at_exit() -> None:
+    """Let pending work finish at interpreter exit, as the stdlib pools do."""
+    for session in list(_live_sessions):
+        session.close(wait=True)

@@ -1,0 +1,50 @@
+"""The zeropool wire: message kinds, frame layout and shared defaults.
+
+This package deliberately does not import ``protocol.payload`` (the pickling
+code), so that the broker, which imports only this, never loads an unpickler.
+"""
+from __future__ import annotations
+
+from protocol.defaults import PROTOCOL_VERSION
+from protocol.frames import decode, encode, split_frames
+from protocol.messages import (
+    Bye,
+    Cancel,
+    CancelReply,
+    ClientResults,
+    Dispatch,
+    Error,
+    Heartbeat,
+    Hello,
+    Op,
+    ProtocolError,
+    Refused,
+    Role,
+    Status,
+    Submit,
+    Welcome,
+    WorkerResults,
+)
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "Bye",
+    "Cancel",
+    "CancelReply",
+    "ClientResults",
+    "Dispatch",
+    "Error",
+    "Heartbeat",
+    "Hello",
+    "Op",
+    "ProtocolError",
+    "Refused",
+    "Role",
+    "Status",
+    "Submit",
+    "Welcome",
+    "WorkerResults",
+    "decode",
+    "encode",
+    "split_frames",
+]

@@ -1,0 +1,27 @@
+"""Numbers that the broker, workers and clients must agree on."""
+from __future__ import annotations
+
+# Bumped on any incompatible change to messages.py or frames.py.
+PROTOCOL_VERSION = 1
+
+# A peer silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is dead.
+# One second keeps idle traffic negligible; five misses tolerate a busy GIL or
+# a loaded machine while still detecting a dead peer within a few seconds.
+HEARTBEAT_INTERVAL = 1.0
+HEARTBEAT_LIVENESS = 5
+
+# Reconnect delay after losing the broker doubles from the first value to the cap.
+RECONNECT_DELAY = 0.1
+RECONNECT_DELAY_MAX = 5.0
+
+# Large enough for any sane argument, finite so one message cannot exhaust
+# the broker's memory. Enforced by ZeroMQ (MAXMSGSIZE applies per frame) and
+# checked again per message.
+MAX_MESSAGE_SIZE = 1 << 30
+
+# How many workers a task may be in flight on when they die before it is
+# declared a poison task and failed instead of requeued.
+MAX_TASK_RETRIES = 3
+
+# How long a client waits for a broker to answer its HELLO.
+CONNECT_TIMEOUT = 10.0

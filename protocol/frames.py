@@ -1,0 +1,73 @@
+"""Multipart layout: ``[header, *payload]``, the header a msgpack map.
+
+Routing frames are added and removed by the sockets' owners (ROUTER/DEALER);
+everything between them is built and read here and nowhere else.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import msgpack
+
+from protocol.messages import (
+    Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat, Hello, Message,
+    Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults,
+)
+
+# Headers are ids and counts; 16 MiB holds batches of ~500k entries.
+MAX_HEADER_SIZE = 16 << 20
+
+# RESULTS means a different header in each direction.
+_FROM_WORKER = {Op.RESULTS: WorkerResults}
+_TO_CLIENT = {Op.RESULTS: ClientResults}
+_KINDS: dict[Op, type[Message]] = {
+    Op.HELLO: Hello, Op.WELCOME: Welcome, Op.REFUSED: Refused, Op.SUBMIT: Submit,
+    Op.CANCEL: Cancel, Op.CANCEL_REPLY: CancelReply, Op.DISPATCH: Dispatch,
+    Op.HEARTBEAT: Heartbeat, Op.BYE: Bye, Op.ERROR: Error,
+}
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode(message: Message, payload: Sequence = ()) -> list:
+    """Frames for ``message`` followed by its payload frames (sent as they are)."""
+    return [_packer.pack(message.header()), *payload]
+
+
+def decode(frames: Sequence, sender: Role | None = None) -> tuple[Message, list]:
+    """Parse ``[header, *payload]``; ``sender`` tells RESULTS headers apart.
+
+    ``frames`` may hold ``bytes`` or ``zmq.Frame``-like objects (anything with
+    the buffer protocol or a ``.bytes`` attribute). Raises ProtocolError.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    raw = frames[0]
+    raw = getattr(raw, "bytes", raw)
+    if len(raw) > MAX_HEADER_SIZE:
+        raise ProtocolError(f"header of {len(raw)} bytes exceeds {MAX_HEADER_SIZE}")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"header is not msgpack: {exc}") from exc
+    if type(header) is not dict:
+        raise ProtocolError("header is not a map")
+    try:
+        op = Op(header.get("op"))
+    except (ValueError, TypeError):
+        raise ProtocolError(f"unknown op {header.get('op')!r:.40}") from None
+    if op is Op.RESULTS:
+        kind = (_FROM_WORKER if sender is Role.WORKER else _TO_CLIENT)[op]
+    else:
+        kind = _KINDS[op]
+    return kind.parse(header), list(frames[1:])
+
+
+def split_frames(counts: Sequence[int], payload: Sequence) -> list[list]:
+    """Cut ``payload`` into consecutive groups of ``counts[i]`` frames."""
+    if sum(counts) != len(payload):
+        raise ProtocolError(f"header announces {sum(counts)} payload frames, got {len(payload)}")
+    groups, start = [], 0
+    for count in counts:
+        groups.append(payload[start:start + count])
+        start += count
+    return groups

@@ -1,0 +1,392 @@
+"""Message kinds and their headers, validated strictly.
+
+Every message is one msgpack header (a map with an ``"op"`` key) followed by
+zero or more opaque payload frames. Batches carry, per entry, how many payload
+frames belong to it; ``frames.split_frames`` cuts the payload accordingly.
+
+    client  -> broker : HELLO SUBMIT CANCEL HEARTBEAT BYE
+    broker  -> client : WELCOME REFUSED CANCEL_REPLY RESULTS(ClientResults) HEARTBEAT ERROR
+    worker  -> broker : HELLO RESULTS(WorkerResults) HEARTBEAT BYE
+    broker  -> worker : WELCOME REFUSED DISPATCH HEARTBEAT ERROR
+
+Nothing a peer sends is trusted: ``parse`` checks every key, type and range
+and raises ``ProtocolError`` instead of letting a bad value travel further.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+__all__ = [
+    "Op", "Role", "Status", "ProtocolError", "Message",
+    "Hello", "Welcome", "Refused", "Submit", "Cancel", "CancelReply",
+    "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Bye", "Error",
+]
+
+# Ids and counts are unsigned 64-bit on the wire.
+_U64 = (1 << 64) - 1
+# Routing ids are short opaque bytes chosen by the peer.
+MAX_PEER_ID = 255
+MAX_TEXT = 64 * 1024
+
+
+class ProtocolError(ValueError):
+    """Raised when a message does not follow the wire format."""
+
+
+class Op(str, enum.Enum):
+    HELLO = "hello"
+    WELCOME = "welcome"
+    REFUSED = "refused"
+    SUBMIT = "submit"
+    CANCEL = "cancel"
+    CANCEL_REPLY = "cancel_reply"
+    DISPATCH = "dispatch"
+    RESULTS = "results"
+    HEARTBEAT = "heartbeat"
+    BYE = "bye"
+    ERROR = "error"
+
+
+class Role(str, enum.Enum):
+    CLIENT = "client"
+    WORKER = "worker"
+
+
+class Status(enum.IntEnum):
+    """How a task ended, as a worker reports it."""
+
+    OK = 0  # payload: the pickled return value
+    RAISED = 1  # payload: the pickled exception (or a RemoteError standing in for it)
+    INIT_FAILED = 2  # payload: the pickled exception the client's initializer raised
+
+
+def _get(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:
+    try:
+        value = header[key]
+    except KeyError:
+        raise ProtocolError(f"missing key {key!r}") from None
+    # bool is an int subclass; never accept it where a number is meant.
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ProtocolError(f"{key!r} has type {type(value).__name__}")
+    return value
+
+
+def _uint(header: dict, key: str, limit: int = _U64) -> int:
+    value = _get(header, key, int)
+    if not 0 <= value <= limit:
+        raise ProtocolError(f"{key!r} out of range: {value}")
+    return value
+
+
+def _text(header: dict, key: str) -> str:
+    value = _get(header, key, str)
+    if len(value) > MAX_TEXT:
+        raise ProtocolError(f"{key!r} longer than {MAX_TEXT} characters")
+    return value
+
+
+def _check_uint(value: Any, what: str) -> int:
+    if type(value) is not int or not 0 <= value <= _U64:
+        raise ProtocolError(f"bad {what}: {value!r}")
+    return value
+
+
+def _check_peer_id(value: Any) -> bytes:
+    if type(value) is not bytes or not 0 < len(value) <= MAX_PEER_ID:
+        raise ProtocolError(f"bad peer id: {value!r:.80}")
+    return value
+
+
+def _rows(header: dict, key: str, width: int) -> list:
+    rows = _get(header, key, list)
+    for row in rows:
+        if type(row) is not list or len(row) != width:
+            raise ProtocolError(f"{key!r} entries must be lists of {width}")
+    return rows
+
+
+class Message:
+    """Base of all message kinds: ``header()`` to the wire, ``parse()`` from it."""
+
+    op: ClassVar[Op]
+    __slots__ = ()
+
+    def header(self) -> dict:
+        return {"op": self.op.value}
+
+    @classmethod
+    def parse(cls, header: dict) -> Message:
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    """First message of every peer: who it is and which protocol it speaks.
+
+    A worker offers ``credit`` task slots. A client with an initializer sends
+    it pickled as ``init_frames`` payload frames; the broker keeps them opaque.
+    """
+
+    op: ClassVar[Op] = Op.HELLO
+    role: Role
+    version: int
+    credit: int = 0
+    init_frames: int = 0
+    pid: int = 0
+    host: str = ""
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "role": self.role.value, "version": self.version,
+                "credit": self.credit, "init_frames": self.init_frames,
+                "pid": self.pid, "host": self.host}
+
+    @classmethod
+    def parse(cls, header: dict) -> Hello:
+        # The version is read first so that a peer of another version is told
+        # so, even when the rest of its HELLO differs.
+        version = _uint(header, "version")
+        try:
+            role = Role(_get(header, "role", str))
+        except ValueError:
+            raise ProtocolError(f"unknown role {header['role']!r:.40}") from None
+        return cls(role, version, _uint(header, "credit", 1 << 20),
+                   _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
+                   _text(header, "host"))
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome(Message):
+    """The broker accepts a peer and tells it the heartbeat it expects."""
+
+    op: ClassVar[Op] = Op.WELCOME
+    version: int
+    heartbeat_interval: float
+    liveness: int
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "version": self.version,
+                "heartbeat_interval": self.heartbeat_interval, "liveness": self.liveness}
+
+    @classmethod
+    def parse(cls, header: dict) -> Welcome:
+        interval = _get(header, "heartbeat_interval", (int, float))
+        if not 0 < interval < 3600:
+            raise ProtocolError(f"heartbeat_interval out of range: {interval}")
+        return cls(_uint(header, "version"), float(interval), _uint(header, "liveness", 1000))
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Message):
+    """The broker refuses a peer (wrong version, wrong role); it should give up."""
+
+    op: ClassVar[Op] = Op.REFUSED
+    reason: str
+    version: int
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "reason": self.reason, "version": self.version}
+
+    @classmethod
+    def parse(cls, header: dict) -> Refused:
+        return cls(_text(header, "reason"), _uint(header, "version"))
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(Message):
+    """A batch of calls: ``tasks`` rows are ``[task_id, nframes]``."""
+
+    op: ClassVar[Op] = Op.SUBMIT
+    tasks: list
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "tasks": self.tasks}
+
+    @classmethod
+    def parse(cls, header: dict) -> Submit:
+        rows = _rows(header, "tasks", 2)
+        for task_id, nframes in rows:
+            _check_uint(task_id, "task id")
+            _check_uint(nframes, "frame count")
+        return cls(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Asks the broker to drop queued tasks; answered by CANCEL_REPLY."""
+
+    op: ClassVar[Op] = Op.CANCEL
+    request_id: int
+    task_ids: list
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "request_id": self.request_id, "task_ids": self.task_ids}
+
+    @classmethod
+    def parse(cls, header: dict) -> Cancel:
+        task_ids = _get(header, "task_ids", list)
+        for task_id in task_ids:
+            _check_uint(task_id, "task id")
+        return cls(_uint(header, "request_id"), task_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReply(Message):
+    """The ids, among those asked, that were still queued and are now dropped."""
+
+    op: ClassVar[Op] = Op.CANCEL_REPLY
+    request_id: int
+    task_ids: list
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "request_id": self.request_id, "task_ids": self.task_ids}
+
+    @classmethod
+    def parse(cls, header: dict) -> CancelReply:
+        task_ids = _get(header, "task_ids", list)
+        for task_id in task_ids:
+            _check_uint(task_id, "task id")
+        return cls(_uint(header, "request_id"), task_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch(Message):
+    """Tasks for a worker: ``tasks`` rows are ``[client_id, task_id, nframes]``.
+
+    ``inits`` rows ``[client_id, nframes]`` carry the initializers of clients
+    whose tasks this worker has not seen before; their frames come first.
+    """
+
+    op: ClassVar[Op] = Op.DISPATCH
+    tasks: list
+    inits: list = field(default_factory=list)
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "tasks": self.tasks, "inits": self.inits}
+
+    @classmethod
+    def parse(cls, header: dict) -> Dispatch:
+        tasks = _rows(header, "tasks", 3)
+        for client_id, task_id, nframes in tasks:
+            _check_peer_id(client_id)
+            _check_uint(task_id, "task id")
+            _check_uint(nframes, "frame count")
+        inits = _rows(header, "inits", 2)
+        for client_id, nframes in inits:
+            _check_peer_id(client_id)
+            _check_uint(nframes, "frame count")
+        return cls(tasks, inits)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerResults(Message):
+    """A worker's news: finished tasks, tasks now running, and freed slots.
+
+    ``results`` rows are ``[client_id, task_id, status, nframes]``; ``started``
+    rows are ``[client_id, task_id]``; ``credit`` is how many more tasks the
+    worker can take now.
+    """
+
+    op: ClassVar[Op] = Op.RESULTS
+    results: list
+    started: list = field(default_factory=list)
+    credit: int = 0
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "results": self.results, "started": self.started,
+                "credit": self.credit}
+
+    @classmethod
+    def parse(cls, header: dict) -> WorkerResults:
+        results = _rows(header, "results", 4)
+        for client_id, task_id, status, nframes in results:
+            _check_peer_id(client_id)
+            _check_uint(task_id, "task id")
+            _check_status(status)
+            _check_uint(nframes, "frame count")
+        started = _rows(header, "started", 2)
+        for client_id, task_id in started:
+            _check_peer_id(client_id)
+            _check_uint(task_id, "task id")
+        return cls(results, started, _uint(header, "credit", 1 << 20))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientResults(Message):
+    """Results for one client: ``results`` rows ``[task_id, status, nframes]``,
+    ``started`` task ids, and ``errors`` rows ``[task_id, code, message]`` for
+    tasks the broker itself had to fail."""
+
+    op: ClassVar[Op] = Op.RESULTS
+    results: list
+    started: list = field(default_factory=list)
+    errors: list = field(default_factory=list)
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "results": self.results, "started": self.started,
+                "errors": self.errors}
+
+    @classmethod
+    def parse(cls, header: dict) -> ClientResults:
+        results = _rows(header, "results", 3)
+        for task_id, status, nframes in results:
+            _check_uint(task_id, "task id")
+            _check_status(status)
+            _check_uint(nframes, "frame count")
+        started = _get(header, "started", list)
+        for task_id in started:
+            _check_uint(task_id, "task id")
+        errors = _rows(header, "errors", 3)
+        for task_id, code, message in errors:
+            _check_uint(task_id, "task id")
+            if type(code) is not str or type(message) is not str:
+                raise ProtocolError("error code and message must be text")
+        return cls(results, started, errors)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """Sent when a peer has had nothing else to say for a heartbeat interval."""
+
+    op: ClassVar[Op] = Op.HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Bye(Message):
+    """A peer leaves in order (or the broker tells a peer it is going away)."""
+
+    op: ClassVar[Op] = Op.BYE
+    reason: str = ""
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "reason": self.reason}
+
+    @classmethod
+    def parse(cls, header: dict) -> Bye:
+        return cls(_text(header, "reason"))
+
+
+@dataclass(frozen=True, slots=True)
+class Error(Message):
+    """The broker tells a peer that a message of its was refused, and why."""
+
+    op: ClassVar[Op] = Op.ERROR
+    code: str
+    message: str
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "code": self.code, "message": self.message}
+
+    @classmethod
+    def parse(cls, header: dict) -> Error:
+        return cls(_text(header, "code"), _text(header, "message"))
+
+
+def _check_status(value: Any) -> int:
+    if type(value) is not int or value not in _STATUSES:
+        raise ProtocolError(f"unknown status {value!r:.40}")
+    return value
+
+
+_STATUSES = frozenset(int(s) for s in Status)

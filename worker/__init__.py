@@ -1,0 +1,1 @@
+"""The zeropool worker: connects to a broker and runs the tasks it is given."""

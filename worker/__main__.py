@@ -1,0 +1,95 @@
+"""Command line: ``worker ADDRESS --threads 4`` (also ``python -m worker``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from protocol import defaults
+
+log = logging.getLogger("zeropool.worker")
+
+RET_OK = 0  # drained and left, or stopped by a signal
+RET_USAGE = 2  # bad command line (argparse's own code)
+# Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone).
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="worker", description="A zeropool worker: connects to a broker and runs the "
+        "calls it is given on a pool of threads, in one or several processes.")
+    p.add_argument("address", nargs="?", default=os.environ.get("ZEROPOOL_ADDRESS"),
+                   help="the broker's address, e.g. tcp://127.0.0.1:5555 "
+                   "(default: $ZEROPOOL_ADDRESS)")
+    p.add_argument("--threads", type=_positive, default=_env_int("ZEROPOOL_THREADS", 1),
+                   help="tasks each process runs at once (default: $ZEROPOOL_THREADS or 1)")
+    p.add_argument("--processes", type=_positive, default=_env_int("ZEROPOOL_PROCESSES", 1),
+                   help="worker processes to start, for CPU-bound work "
+                   "(default: $ZEROPOOL_PROCESSES or 1)")
+    p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL,
+                   metavar="SECONDS",
+                   help=f"seconds between heartbeats (default: {defaults.HEARTBEAT_INTERVAL})")
+    p.add_argument("--liveness", type=int, default=defaults.HEARTBEAT_LIVENESS,
+                   help="heartbeats the broker may miss before the worker reconnects "
+                   f"(default: {defaults.HEARTBEAT_LIVENESS})")
+    p.add_argument("--path", action="append", default=[], metavar="DIR",
+                   help="a directory to import task code from, searched after the worker's "
+                   "own paths; repeatable; $ZEROPOOL_PATH adds more (default: none)")
+    p.add_argument("--log-level", default=os.environ.get("ZEROPOOL_LOG_LEVEL", "INFO"),
+                   choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                   help="logging level (default: $ZEROPOOL_LOG_LEVEL or INFO)")
+    p.add_argument("--watch-fd", type=int, metavar="FD",
+                   help="for programs that start workers: exit when this file descriptor "
+                   "becomes readable, i.e. when the parent holding its other end exits "
+                   "(default: none)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    if not args.address:
+        p.error("give the broker's address, e.g. worker tcp://127.0.0.1:5555")
+    logging.basicConfig(level=args.log_level,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    extra = args.path + [d for d in os.environ.get("ZEROPOOL_PATH", "").split(os.pathsep) if d]
+    sys.path.extend(d for d in extra if d not in sys.path)  # after our own, never before
+
+    from worker.agent import Agent
+
+    def run_agent() -> int:
+        agent = Agent(args.address, args.threads, heartbeat_interval=args.heartbeat_interval,
+                      liveness=args.liveness, watch_fd=args.watch_fd)
+
+        def on_signal(signum: int, frame: object) -> None:
+            if agent._draining:
+                agent.stop_now()
+            else:
+                agent.drain()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        return int(agent.run())
+
+    if args.processes == 1:
+        return run_agent()
+    from worker.supervisor import supervise
+    return supervise(args.processes, run_agent, watch_fd=args.watch_fd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""A worker's I/O loop: the only user of its socket.
+
+    broker --DISPATCH--> DEALER --(key, frames)--> Runner threads
+           <--RESULTS--  (this loop)  <--events + Waker--   run the calls
+
+The loop polls the socket, the runner's waker and a signal pipe. Each pass
+reads every waiting message, then sends one RESULTS with everything the
+threads finished (and started) since the last pass, returning one slot of
+credit per finished task. A task that runs for minutes never stalls this
+loop, so heartbeats and other results keep flowing.
+
+If the broker falls silent for ``liveness`` heartbeats the worker reconnects
+with a delay that doubles up to a cap, and offers the slots it has free.
+"""
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import signal
+import socket as socketlib
+import threading
+import time
+
+import zmq
+
+from protocol import (
+    PROTOCOL_VERSION, Bye, Dispatch, Error, Heartbeat, Hello, Op, ProtocolError, Refused, Role,
+    WorkerResults, decode, encode, split_frames,
+)
+from protocol import defaults
+from protocol.waker import Waker
+from worker.runner import Runner
+
+log = logging.getLogger("zeropool.worker")
+
+# Results sent per message at most; more wait for the next pass, so that one
+# huge message cannot hold the loop.
+MAX_RESULTS_PER_MESSAGE = 1000
+
+
+class Exit(enum.IntEnum):
+    OK = 0  # drained and left, or told to stop
+    REFUSED = 4  # the broker refused this worker (for example a protocol mismatch)
+    PARENT_GONE = 5  # the process that started it (embedded cluster) has exited
+
+
+class Agent:
+    """Connects to a broker, offers ``threads`` slots and runs what it is sent."""
+
+    def __init__(self, address: str, threads: int = 1, *,
+                 heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
+                 liveness: int = defaults.HEARTBEAT_LIVENESS,
+                 max_message_size: int = defaults.MAX_MESSAGE_SIZE,
+                 watch_fd: int | None = None) -> None:
+        self.address = address
+        self.threads = threads
+        self.heartbeat_interval = heartbeat_interval
+        self.liveness = liveness
+        self.max_message_size = max_message_size
+        self.watch_fd = watch_fd
+        host = socketlib.gethostname()[:64]
+        self.worker_id = f"w-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
+        self._host = host
+        self._context = zmq.Context()
+        self._socket: zmq.Socket | None = None
+        self._waker = Waker()
+        self._runner = Runner(threads, self._waker.wake)
+        self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
+        self._draining = False
+        self._stop_now = False
+        self._broker_seen = 0.0
+        self._last_send = 0.0
+        self._reconnect_delay = defaults.RECONNECT_DELAY
+
+    # -- control (signal-safe: they only set flags) -------------------------
+
+    def drain(self) -> None:
+        """Take no new tasks, finish the running ones, then leave."""
+        self._draining = True
+
+    def stop_now(self) -> None:
+        self._stop_now = True
+
+    # -- the loop ----------------------------------------------------------
+
+    def run(self) -> Exit:
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        on_main = threading.current_thread() is threading.main_thread()
+        previous = signal.set_wakeup_fd(wake_write) if on_main else None
+        try:
+            return self._serve(wake_read)
+        finally:
+            if previous is not None:
+                signal.set_wakeup_fd(previous)
+            os.close(wake_read)
+            os.close(wake_write)
+            self._runner.stop()
+            if self._socket is not None:
+                self._socket.close(linger=0)
+            self._context.term()
+            self._waker.close()
+
+    def _serve(self, wake_read: int) -> Exit:
+        self._connect()
+        announced_drain = False
+        while True:
+            poller = zmq.Poller()
+            poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._waker.fd, zmq.POLLIN)
+            poller.register(wake_read, zmq.POLLIN)
+            if self.watch_fd is not None:
+                poller.register(self.watch_fd, zmq.POLLIN)
+            next_chore = min(self._last_send + self.heartbeat_interval,
+                             self._broker_seen + self.heartbeat_interval * self.liveness)
+            timeout = max(0.0, next_chore - time.monotonic())
+            events = dict(poller.poll(timeout * 1000))
+            if self.watch_fd is not None and self.watch_fd in events:
+                log.info("parent process has exited; stopping")
+                return Exit.PARENT_GONE
+            if wake_read in events:
+                os.read(wake_read, 512)
+            if self._stop_now:
+                log.info("stopping at once; %d running task(s) will be requeued by the broker",
+                         len(self._running))
+                return Exit.OK
+            if self._socket in events:
+                outcome = self._read_all()
+                if outcome is not None:
+                    return outcome
+            self._send_results()
+            if self._draining and not announced_drain:
+                log.info("draining: finishing %d running task(s), taking no new ones",
+                         len(self._running))
+                announced_drain = True
+            if self._draining and not self._running:
+                self._send(Bye("worker drained"))
+                log.info("drained; leaving")
+                return Exit.OK
+            now = time.monotonic()
+            if now - self._broker_seen > self.heartbeat_interval * self.liveness:
+                self._reconnect()
+            elif now - self._last_send >= self.heartbeat_interval:
+                self._send(Heartbeat())
+
+    def _connect(self) -> None:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.worker_id)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.address)
+        self._socket = sock
+        self._broker_seen = time.monotonic()
+        # Offer the slots that are free now; running tasks return theirs as they finish.
+        credit = 0 if self._draining else self.threads - len(self._running)
+        self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
+                         host=self._host))
+
+    def _reconnect(self) -> None:
+        log.warning("broker %s silent for %.1fs; reconnecting in %.1fs", self.address,
+                    self.heartbeat_interval * self.liveness, self._reconnect_delay)
+        self._socket.close(linger=0)
+        self._socket = None
+        time.sleep(self._reconnect_delay)  # bounded back-off between attempts, not a poll
+        self._reconnect_delay = min(self._reconnect_delay * 2, defaults.RECONNECT_DELAY_MAX)
+        self._connect()
+
+    def _read_all(self) -> Exit | None:
+        while True:
+            try:
+                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return None
+            self._broker_seen = time.monotonic()
+            try:
+                message, payload = decode(frames)
+            except ProtocolError as exc:
+                log.error("bad message from the broker: %s", exc)
+                continue
+            if message.op is Op.DISPATCH:
+                self.on_dispatch(message, payload)
+            elif message.op is Op.WELCOME:
+                self._reconnect_delay = defaults.RECONNECT_DELAY
+                log.info("connected to broker %s as %s", self.address, self.worker_id.decode())
+            elif message.op is Op.REFUSED:
+                log.error("the broker refused this worker: %s", message.reason)
+                return Exit.REFUSED
+            elif message.op is Op.ERROR:
+                log.error("the broker reports: %s: %s", message.code, message.message)
+            elif message.op is Op.BYE:
+                log.warning("the broker is going away (%s); will reconnect", message.reason)
+                self._broker_seen = 0.0  # reconnect on the next pass
+
+    def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
+        if self._draining:
+            # Not started here: the broker requeues them when this worker says BYE.
+            return
+        counts = [n for _, n in dispatch.inits] + [row[2] for row in dispatch.tasks]
+        groups = split_frames(counts, payload)
+        for (client_id, _), frames in zip(dispatch.inits, groups):
+            self._runner.add_initializer(client_id, frames)
+        for (client_id, task_id, _), frames in zip(dispatch.tasks, groups[len(dispatch.inits):]):
+            key = (client_id, task_id)
+            self._running.add(key)
+            self._runner.submit(key, frames)
+
+    def _send_results(self) -> None:
+        self._waker.clear()
+        events = self._runner.events
+        while events:
+            started, results, payload = {}, [], []
+            while events and len(results) < MAX_RESULTS_PER_MESSAGE:
+                event = events.popleft()
+                if event[0] == "started":
+                    started[event[1]] = None
+                else:
+                    _, key, status, frames = event
+                    started.pop(key, None)  # its result says it started
+                    self._running.discard(key)
+                    results.append([key[0], key[1], int(status), len(frames)])
+                    payload.extend(frames)
+            credit = 0 if self._draining else len(results)
+            self._send(WorkerResults(results, [list(k) for k in started], credit), payload)
+
+    def _send(self, message, payload: list = ()) -> None:
+        self._socket.send_multipart(encode(message, payload), copy=False)
+        self._last_send = time.monotonic()

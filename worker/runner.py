@@ -1,0 +1,93 @@
+"""Runs tasks on a worker's threads. ``run`` never raises: every outcome,
+including a broken payload or an unpicklable result, becomes a status and
+frames to send back."""
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import threading
+from typing import Callable
+
+from protocol import Status
+from protocol.payload import dumps_exception, dumps_result, loads, loads_call
+
+log = logging.getLogger("zeropool.worker")
+
+
+class Runner:
+    """A fixed set of threads taking ``(key, frames)`` from a queue.
+
+    Each thread reports ``("started", key)`` and ``("done", key, status,
+    frames)`` on ``events`` and calls ``notify`` so the I/O loop wakes.
+    """
+
+    def __init__(self, threads: int, notify: Callable[[], None]) -> None:
+        self.events: collections.deque = collections.deque()
+        self._notify = notify
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._init_frames: dict[bytes, list] = {}
+        self._init_results: dict[bytes, tuple | None] = {}
+        self._init_lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._loop, name=f"zeropool-task-{i}",
+                                          daemon=True) for i in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def add_initializer(self, client_id: bytes, frames: list) -> None:
+        self._init_frames[client_id] = frames
+
+    def submit(self, key: tuple, frames: list) -> None:
+        self._tasks.put((key, frames))
+
+    def stop(self) -> None:
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def join(self, timeout: float | None = None) -> None:
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _loop(self) -> None:
+        while (item := self._tasks.get()) is not None:
+            key, frames = item
+            self.events.append(("started", key))
+            self._notify()
+            status, out = self.run(key[0], frames)
+            self.events.append(("done", key, status, out))
+            self._notify()
+
+    def run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
+        failed = self._initialize(client_id)
+        if failed is not None:
+            return failed
+        try:
+            fn, args, kwargs = loads_call(frames)
+        except BaseException as exc:  # the call itself would not unpickle here
+            return dumps_exception(exc)
+        try:
+            value = fn(*args, **kwargs)
+        except BaseException as exc:
+            return dumps_exception(exc)
+        del fn, args, kwargs
+        return dumps_result(value)
+
+    def _initialize(self, client_id: bytes) -> tuple | None:
+        """Run a client's initializer once; its failure answers all its tasks."""
+        if client_id not in self._init_frames:
+            return None
+        try:
+            return self._init_results[client_id]
+        except KeyError:
+            pass
+        with self._init_lock:
+            if client_id not in self._init_results:
+                result = None
+                try:
+                    initializer, initargs = loads(self._init_frames[client_id])
+                    initializer(*initargs)
+                except BaseException as exc:
+                    log.warning("initializer of client %s failed: %r", client_id.hex(), exc)
+                    result = dumps_exception(exc, Status.INIT_FAILED)
+                self._init_results[client_id] = result
+            return self._init_results[client_id]

@@ -1,0 +1,95 @@
+"""``worker --processes N``: start N worker processes, watch them, restart
+one that dies, and forward SIGTERM/SIGINT to them.
+
+Children are forked after the imports, so they start in milliseconds, and are
+put in their own process group: a Ctrl-C in the terminal reaches only the
+supervisor, which forwards it once.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import signal
+import time
+from typing import Callable
+
+log = logging.getLogger("zeropool.worker")
+
+# A child that dies sooner than this after starting is restarted only after
+# a delay that doubles up to the cap, so a crash loop does not spin the CPU.
+QUICK_DEATH = 1.0
+RESTART_DELAY_MAX = 10.0
+
+
+def _child(target: Callable[[], int]) -> None:
+    os.setpgid(0, 0)
+    os._exit(target())
+
+
+def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = None) -> int:
+    """Run ``target`` in ``processes`` children until signalled; returns an exit code."""
+    context = multiprocessing.get_context("fork")
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    signals: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: signals.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: signals.append(signum))
+
+    children: dict[int, tuple[multiprocessing.Process, float]] = {}
+    delay = {"value": 0.0}
+
+    def start(slot: int) -> None:
+        process = context.Process(target=_child, args=(target,), name=f"zeropool-worker-{slot}")
+        process.start()
+        children[slot] = (process, time.monotonic())
+
+    for slot in range(processes):
+        start(slot)
+    log.info("started %d worker processes: %s", processes,
+             ", ".join(str(p.pid) for p, _ in children.values()))
+    stopping = False
+    try:
+        while children:
+            waitables = [p.sentinel for p, _ in children.values()] + [wake_read]
+            if watch_fd is not None:
+                waitables.append(watch_fd)
+            ready = multiprocessing.connection.wait(waitables)
+            if watch_fd is not None and watch_fd in ready:
+                log.info("parent process has exited; stopping worker processes")
+                for process, _ in children.values():
+                    process.kill()
+                for process, _ in children.values():
+                    process.join()
+                return 0
+            if wake_read in ready:
+                os.read(wake_read, 512)
+            while signals:
+                signum = signals.pop(0)
+                stopping = True
+                for process, _ in children.values():
+                    if process.is_alive():
+                        os.kill(process.pid, signum)
+            for slot, (process, started) in list(children.items()):
+                if process.is_alive():
+                    continue
+                process.join()
+                del children[slot]
+                if stopping:
+                    continue
+                lived = time.monotonic() - started
+                log.error("worker process %d exited with code %s after %.1fs; restarting it",
+                          process.pid, process.exitcode, lived)
+                if lived < QUICK_DEATH:
+                    delay["value"] = min(max(delay["value"] * 2, 0.1), RESTART_DELAY_MAX)
+                    time.sleep(delay["value"])  # back-off against a crash loop
+                else:
+                    delay["value"] = 0.0
+                start(slot)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
+    return 0
