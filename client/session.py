@@ -36,7 +36,7 @@ from protocol import (
     ProtocolError, Role, Status, Submit, decode, encode, split_frames,
 )
 from protocol import defaults
-from protocol.payload import dumps_call, loads_result
+from protocol.payload import dumps_call, loads_result, send_module_by_value
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -65,7 +65,9 @@ class TaskFuture(Future):
 class _Entry:
     future: TaskFuture
     frames: list
+    call: tuple  # (fn, args, kwargs), to pickle again by value if a worker cannot import fn
     sent: bool = False
+    resent_by_value: bool = False
 
 
 class _CancelRequest:
@@ -133,7 +135,7 @@ class Session:
         task_id = next(self._task_ids)
         future = TaskFuture(self, task_id)
         with self._lock:
-            self._pending[task_id] = _Entry(future, frames)
+            self._pending[task_id] = _Entry(future, frames, (fn, args, kwargs))
         self._outbox.append(task_id)
         self._waker.wake()
         return future
@@ -184,7 +186,6 @@ class Session:
             if self._socket is not None:
                 self._socket.close(linger=0)
             self._context.term()
-            self._waker.close()
             _live_sessions.discard(self)
             if self._on_close is not None:
                 self._on_close()
@@ -334,7 +335,7 @@ class Session:
                     del self._pending[task_id]
                     cancelled.append(entry.future)
         for future in cancelled:
-            Future.cancel(future)
+            _cancel(future)
         return ask
 
     def _send_cancel(self, request: _CancelRequest) -> None:
@@ -355,7 +356,7 @@ class Session:
                     self._open -= 1
                     futures.append(entry.future)
         for future in futures:
-            Future.cancel(future)
+            _cancel(future)
         if request is not None:
             request.done.set()
         self._send_unsent()
@@ -376,12 +377,13 @@ class Session:
             if status == Status.INIT_FAILED:
                 self._break(entry.future, frames)
                 continue
-            if not _start(entry.future):
-                continue
             try:
                 ok, value = loads_result(status, frames)
             except BaseException as exc:
-                entry.future.set_exception(exc)
+                ok, value = False, exc
+            if status == Status.UNPICKLE_FAILED and self._resend_by_value(entry, value):
+                continue
+            if not _start(entry.future):
                 continue
             if ok:
                 entry.future.set_result(value)
@@ -396,6 +398,24 @@ class Session:
                     entry.future.set_exception(WorkerLostError(text) if code == "worker_lost"
                                                else BrokerUnreachable(text))
         self._send_unsent()
+
+    def _resend_by_value(self, entry: _Entry, exc: BaseException) -> bool:
+        """A worker could not import the module of a call: send it by value, once."""
+        name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
+        if entry.resent_by_value or not name or not send_module_by_value(name):
+            return False
+        log.info("workers cannot import module %r; sending its functions by value", name)
+        try:
+            frames = dumps_call(*entry.call)
+        except Exception:
+            return False
+        task_id = next(self._task_ids)
+        entry.future.task_id = task_id
+        entry.frames, entry.sent, entry.resent_by_value = frames, False, True
+        with self._lock:
+            self._pending[task_id] = entry
+        self._unsent.append(task_id)
+        return True
 
     def _on_error(self, error: Error) -> None:
         if error.code == "duplicate_task":
@@ -445,6 +465,13 @@ def _start(future: Future) -> bool:
     if future.done():
         return False
     return future.set_running_or_notify_cancel()
+
+
+def _cancel(future: Future) -> None:
+    """Cancel and notify at once, so that wait() and as_completed() count it as done
+    (the stdlib pools notify only when a worker later dequeues the call)."""
+    if Future.cancel(future):
+        future.set_running_or_notify_cancel()
 
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()

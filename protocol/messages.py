@@ -60,6 +60,7 @@ class Status(enum.IntEnum):
     OK = 0  # payload: the pickled return value
     RAISED = 1  # payload: the pickled exception (or a RemoteError standing in for it)
     INIT_FAILED = 2  # payload: the pickled exception the client's initializer raised
+    UNPICKLE_FAILED = 3  # payload: the pickled exception loading the call raised
 
 
 def _get(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:

@@ -9,11 +9,8 @@ copying them into the stream.
 """
 from __future__ import annotations
 
-import os
 import pickle
-import site
 import sys
-import sysconfig
 import traceback
 from typing import Any, Callable, Sequence
 
@@ -23,7 +20,7 @@ from protocol.errors import RemoteError, RemoteTraceback
 from protocol.messages import Status
 
 __all__ = ["dumps", "loads", "dumps_call", "loads_call", "dumps_result",
-           "dumps_exception", "loads_result", "run_chunk"]
+           "dumps_exception", "loads_result", "run_chunk", "send_module_by_value"]
 
 # Buffers smaller than this stay inside the pickle stream: a frame of its own
 # costs more than copying a few kilobytes.
@@ -32,38 +29,22 @@ OUT_OF_BAND_MIN = 64 * 1024
 _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
 
 
-def _installed_roots() -> tuple[str, ...]:
-    paths = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
-    paths.update(site.getsitepackages() if hasattr(site, "getsitepackages") else ())
-    paths.add(site.getusersitepackages())
-    return tuple(os.path.join(os.path.realpath(p), "") for p in paths if p)
+def send_module_by_value(name: str) -> bool:
+    """Make functions and classes of module ``name`` travel by value from now on.
 
-
-_INSTALLED = _installed_roots()
-_module_checked: set[str] = set()
-
-
-def _send_module_by_value(fn: Any) -> None:
-    """Make functions of modules that workers may not have travel by value.
-
-    cloudpickle already sends ``__main__`` functions, lambdas and closures by
-    value; a function of an importable module goes by reference. A module that
-    is not installed (a test module, a script's sibling file) may be missing on
-    the workers, so its functions are registered to travel by value as well.
+    cloudpickle sends functions of importable modules by reference, which
+    keeps module state shared, as with ProcessPoolExecutor. When a worker
+    cannot import such a module (a test module, a script's sibling file), the
+    client calls this and sends the call again. Returns False if ``name`` is
+    not a module of the user's that this process has loaded.
     """
-    fn = getattr(fn, "func", fn)  # functools.partial
-    name = getattr(fn, "__module__", None)
-    if not isinstance(name, str) or name in _module_checked:
-        return
-    _module_checked.add(name)
     module = sys.modules.get(name)
-    path = getattr(module, "__file__", None)
-    if module is None or path is None or name == "__main__":
-        return
+    if module is None or getattr(module, "__file__", None) is None or name == "__main__":
+        return False
     if name.partition(".")[0] in _OUR_PACKAGES:
-        return
-    if not os.path.realpath(path).startswith(_INSTALLED):
-        cloudpickle.register_pickle_by_value(module)
+        return False
+    cloudpickle.register_pickle_by_value(module)
+    return True
 
 
 def dumps(obj: Any) -> list:
@@ -97,7 +78,6 @@ def loads(frames: Sequence) -> Any:
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     """Frames for one call; raises what pickling raises (nothing is sent then)."""
-    _send_module_by_value(fn)
     return dumps((fn, args, kwargs))
 
 

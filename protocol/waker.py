@@ -3,10 +3,20 @@
 Threads may not touch another thread's ZeroMQ socket, so they put work on a
 queue and raise this; the socket's owner polls the read end next to its
 socket. Repeated wakes before the owner reads cost one write.
+
+The pipe is closed only when the Waker is garbage collected: a thread that
+still holds it may wake it after its owner has stopped, and writing to a
+closed, reused descriptor number would corrupt someone else's file.
 """
 from __future__ import annotations
 
 import os
+import weakref
+
+
+def _close_pipe(read_fd: int, write_fd: int) -> None:
+    os.close(read_fd)
+    os.close(write_fd)
 
 
 class Waker:
@@ -15,14 +25,15 @@ class Waker:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._write_fd, False)
         self._raised = False
+        weakref.finalize(self, _close_pipe, self.fd, self._write_fd)
 
     def wake(self) -> None:
         if not self._raised:
             self._raised = True
             try:
                 os.write(self._write_fd, b"!")
-            except (BlockingIOError, OSError):
-                pass  # full (already raised) or closed (owner is gone)
+            except BlockingIOError:
+                pass  # full: it is raised already
 
     def clear(self) -> None:
         """Called by the owner before it drains its queue, so no wake is missed."""
@@ -32,7 +43,3 @@ class Waker:
                 pass
         except BlockingIOError:
             pass
-
-    def close(self) -> None:
-        os.close(self.fd)
-        os.close(self._write_fd)

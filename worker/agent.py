@@ -100,7 +100,6 @@ class Agent:
             if self._socket is not None:
                 self._socket.close(linger=0)
             self._context.term()
-            self._waker.close()
 
     def _serve(self, wake_read: int) -> Exit:
         self._connect()

@@ -64,7 +64,7 @@ class Runner:
         try:
             fn, args, kwargs = loads_call(frames)
         except BaseException as exc:  # the call itself would not unpickle here
-            return dumps_exception(exc)
+            return dumps_exception(exc, Status.UNPICKLE_FAILED)
         try:
             value = fn(*args, **kwargs)
         except BaseException as exc:

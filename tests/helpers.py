@@ -1,0 +1,90 @@
+"""Functions that tests run as tasks, and small waiting helpers.
+
+Tasks here take a path and wait on files rather than sleeping, so tests wait
+on events. They are used with every executor under test.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.01, what: str = "") -> None:
+    """Wait until ``predicate()`` is true; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+def square(x):
+    return x * x
+
+
+def add(x, y):
+    return x + y
+
+
+def identity(x):
+    return x
+
+
+def getpid(_=None):
+    return os.getpid()
+
+
+def raise_value_error(message):
+    raise ValueError(message)
+
+
+def wait_for_file(path, timeout=30.0):
+    """Block (inside a task) until ``path`` exists; returns the worker's pid."""
+    wait_until(lambda: os.path.exists(path), timeout, what=path)
+    return os.getpid()
+
+
+def touch(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    return path
+
+
+def touch_then_wait(mark, release, timeout=30.0):
+    """Say that the task started (``mark``), then wait for ``release``."""
+    touch(mark)
+    return wait_for_file(release, timeout)
+
+
+def pid_when_all_present(directory, count, timeout=30.0):
+    """Drop a file named by this process, then wait until ``count`` such files exist."""
+    touch(os.path.join(directory, f"{os.getpid()}"))
+    wait_until(lambda: len(os.listdir(directory)) >= count, timeout, what="peers")
+    return os.getpid()
+
+
+def sleep_and_return(seconds, value):
+    time.sleep(seconds)  # a task that takes time on purpose
+    return value
+
+
+def raise_value_error_if(x, bad):
+    if x == bad:
+        raise ValueError(str(x))
+    return x
+
+
+def wait_for_file_if(path):
+    return None if path is None else wait_for_file(path)
+
+
+_state = None
+
+
+def set_state(value):
+    global _state
+    _state = value
+
+
+def get_state(_=None):
+    return _state
