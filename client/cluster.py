@@ -40,8 +40,6 @@ class LocalCluster:
         self._cwd = tempfile.mkdtemp(prefix="zeropool-")
         self._processes: list[subprocess.Popen] = []
         env = dict(os.environ)
-        # Worker output reaches the user's terminal as it is printed.
-        env["PYTHONUNBUFFERED"] = "1"
         # Modules importable here are importable in the workers, after their own paths.
         env["ZEROPOOL_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._env = env

@@ -314,7 +314,13 @@ def test_initializer_runs_before_tasks(kind):
 def test_failing_initializer_breaks_the_executor(kind):
     ex = make(kind, initializer=helpers.raise_value_error, initargs=("init failed",))
     try:
-        futures = [ex.submit(helpers.square, i) for i in range(5)]
+        futures = []
+        try:
+            for i in range(5):
+                futures.append(ex.submit(helpers.square, i))
+        except cf.BrokenExecutor:
+            assert kind == "process"  # the stdlib pool may break while we submit
+        assert futures
         for future in futures:
             with pytest.raises(cf.BrokenExecutor):
                 future.result(timeout=30)

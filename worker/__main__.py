@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give the broker's address, e.g. worker tcp://127.0.0.1:5555")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Tasks' prints reach the terminal (or the embedding client's) line by
+    # line, as they happen, and whole lines do not interleave.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
     extra = args.path + [d for d in os.environ.get("ZEROPOOL_PATH", "").split(os.pathsep) if d]
     sys.path.extend(d for d in extra if d not in sys.path)  # after our own, never before
 

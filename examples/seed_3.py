@@ -1,0 +1,30 @@
+# Seed example 3. Using ThreadPoolExecutor for I/O-bound Tasks
+# The only change from the original: concurrent.futures.ThreadPoolExecutor(max_workers=3)
+# became zeropool's executor (plus the import of client).
+import concurrent.futures
+import client  # zeropool
+import time
+
+def worker(number):
+    """Worker function that takes an integer and sleeps for it."""
+    print(f"Worker {number} starting")
+    time.sleep(number)
+    print(f"Worker {number} finished")
+    
+def main():
+    with client.Executor(max_workers=3) as executor:
+        # Submit tasks to the executor
+        future_to_number = {executor.submit(worker, i): i for i in range(10)}
+        
+        # Process results
+        for future in concurrent.futures.as_completed(future_to_number):
+            number = future_to_number[future]
+            try:
+                result = future.result()
+            except Exception as exc:
+                print(f"Worker {number} generated an exception: {exc}")
+            else:
+                print(f"Worker {number} completed with result: {result}")
+
+if __name__ == "__main__":
+    main()
