@@ -25,7 +25,8 @@ class Waker:
         os.set_blocking(self.fd, False)
         os.set_blocking(self._write_fd, False)
         self._raised = False
-        weakref.finalize(self, _close_pipe, self.fd, self._write_fd)
+        # Not at interpreter exit: I/O threads may still be finishing then.
+        weakref.finalize(self, _close_pipe, self.fd, self._write_fd).atexit = False
 
     def wake(self) -> None:
         if not self._raised:

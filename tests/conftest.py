@@ -106,10 +106,12 @@ def programs(tmp_path):
 
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
-    """Every test ends with no child process of ours still running."""
+    """Every test ends with no process it started still running (processes of
+    module-scoped fixtures, started before it, are theirs to end)."""
+    before = descendants(os.getpid())
     yield
     deadline = time.monotonic() + 10
-    while (left := descendants(os.getpid())) and time.monotonic() < deadline:
+    while (left := descendants(os.getpid()) - before) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in left:
         _kill(pid)
@@ -121,6 +123,10 @@ def shared_cluster():
     """A broker and two one-thread workers shared by a module's tests."""
     programs = Programs(None)
     _, address = programs.broker("--log-level", "WARNING")
-    programs.worker(address, "--processes", "2", "--log-level", "WARNING")
+    supervisor = programs.worker(address, "--processes", "2", "--log-level", "WARNING")
+    deadline = time.monotonic() + 30
+    while len(descendants(supervisor.pid)) < 2:  # so that tests count them as already there
+        assert time.monotonic() < deadline, "worker processes did not start"
+        time.sleep(0.01)
     yield address
     programs.stop_all()

@@ -88,3 +88,10 @@ def set_state(value):
 
 def get_state(_=None):
     return _state
+
+
+def count_run_then_sleep(directory, seconds, value):
+    """Record one run of this task (a file per run), then take ``seconds``."""
+    touch(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"))
+    time.sleep(seconds)  # the point of the task is to take long
+    return value

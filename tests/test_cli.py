@@ -1,0 +1,108 @@
+"""The broker and worker command lines, started as real processes."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+
+import client
+from tests import helpers
+from tests.conftest import command
+from tests.helpers import wait_until
+
+
+@pytest.mark.parametrize("program", ["broker", "worker"])
+def test_help_states_every_default(program):
+    out = subprocess.run([*command(program), "--help"], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    options = re.findall(r"^  (--[\w-]+)", out, re.M)
+    assert len(options) >= 4
+    # argparse wraps text; every option's paragraph mentions its default.
+    paragraphs = re.split(r"\n  (?=-)", out.split("options:")[1])
+    for paragraph in paragraphs:
+        if not paragraph.strip() or paragraph.startswith("-h"):
+            continue
+        assert "default" in paragraph, paragraph
+
+
+@pytest.mark.parametrize("program", ["broker", "worker"])
+def test_python_dash_m_is_the_same_program(program):
+    out = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True,
+                         text=True, timeout=30, check=True).stdout
+    assert out.startswith(f"usage: {program}")
+
+
+def test_worker_without_address_is_a_usage_error():
+    env = {k: v for k, v in os.environ.items() if k != "ZEROPOOL_ADDRESS"}
+    result = subprocess.run(command("worker"), capture_output=True, text=True, timeout=30,
+                            env=env)
+    assert result.returncode == 2
+    assert "broker's address" in result.stderr
+
+
+def test_broker_reports_an_address_in_use(programs):
+    _, address = programs.broker()
+    result = subprocess.run([*command("broker"), "--bind", address], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 3
+    assert "cannot bind" in result.stderr
+
+
+def test_tasks_run_on_cli_started_programs(programs):
+    _, address = programs.broker()
+    programs.worker(address, "--threads", "4")
+    with client.Executor(address=address) as ex:
+        assert list(ex.map(helpers.square, range(50))) == [i * i for i in range(50)]
+        assert ex.submit(lambda: "by value").result(timeout=30) == "by value"
+
+
+def test_processes_option_runs_that_many_worker_processes(programs, tmp_path):
+    _, address = programs.broker()
+    supervisor = programs.worker(address, "--processes", "3")
+    with client.Executor(address) as ex:
+        futures = [ex.submit(helpers.pid_when_all_present, str(tmp_path), 3) for _ in range(3)]
+        pids = {f.result(timeout=60) for f in futures}
+    assert len(pids) == 3
+    assert supervisor.pid not in pids
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_stops_an_idle_broker_and_worker_cleanly(programs, sig):
+    broker, address = programs.broker()
+    worker = programs.worker(address, "--processes", "2")
+    with client.Executor(address) as ex:  # both are up and serving
+        assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+    worker.send_signal(sig)
+    assert worker.wait(30) == 0
+    broker.send_signal(sig)
+    assert broker.wait(30) == 0
+
+
+def test_worker_finishes_its_running_task_on_ctrl_c(programs, tmp_path):
+    _, address = programs.broker()
+    worker = programs.worker(address)
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    with client.Executor(address) as ex:
+        future = ex.submit(helpers.touch_then_wait, started, gate)
+        wait_until(lambda: os.path.exists(started), 30, what="the task to start")
+        worker.send_signal(signal.SIGINT)
+        helpers.touch(gate)
+        assert future.result(timeout=30) == worker.pid
+    assert worker.wait(30) == 0
+
+
+def test_many_clients_share_one_broker_without_cross_talk(shared_cluster):
+    def run(index):
+        with client.Executor(address=shared_cluster) as ex:
+            futures = [ex.submit(helpers.identity, (index, i)) for i in range(500)]
+            return [f.result(timeout=120) for f in futures]
+
+    with cf.ThreadPoolExecutor(3) as threads:
+        results = list(threads.map(run, range(3)))
+    for index, values in enumerate(results):
+        assert values == [(index, i) for i in range(500)]

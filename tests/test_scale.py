@@ -1,0 +1,39 @@
+"""Volume and long tasks through real brokers and workers."""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+
+import pytest
+
+import client
+from tests import helpers
+
+
+@pytest.mark.timeout(180)
+def test_ten_thousand_tasks_through_two_workers(shared_cluster):
+    with client.Executor(address=shared_cluster) as ex:
+        futures = {ex.submit(helpers.square, i): i for i in range(10_000)}
+        seen = 0
+        for future in cf.as_completed(futures, timeout=150):
+            assert future.result() == futures[future] ** 2
+            seen += 1
+    assert seen == 10_000
+
+
+@pytest.mark.timeout(120)
+def test_long_task_does_not_stall_heartbeats_or_other_results(programs, tmp_path):
+    # Default heartbeats: a worker silent for 5 s would be declared dead and
+    # its task requeued, so a 30 s task shows the I/O loop keeps talking.
+    _, address = programs.broker()
+    programs.worker(address, "--threads", "2")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with client.Executor(address) as ex:
+        long = ex.submit(helpers.count_run_then_sleep, str(runs), 30, "long")
+        short = [ex.submit(helpers.square, i) for i in range(500)]
+        for future in cf.as_completed(short, timeout=60):
+            assert future.result() is not None
+        assert not long.done()  # every short result arrived while the long task ran
+        assert long.result(timeout=60) == "long"
+    assert len(os.listdir(runs)) == 1  # it ran once: never declared lost and requeued
