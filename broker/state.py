@@ -134,6 +134,10 @@ class BrokerState:
             for key in [k for k in self.queued if k[0] == client_id]:
                 del self.queued[key]
             self.queue = deque(t for t in self.queue if t.client_id != client_id)
+        # Its running tasks are forgotten too: their results are dropped, and a
+        # client that comes back under the same id starts afresh.
+        for key in [k for k in self.in_flight if k[0] == client_id]:
+            self.workers[self.in_flight.pop(key)].in_flight.pop(key)
         for worker in self.workers.values():
             worker.inits_sent.discard(client_id)
 
@@ -199,37 +203,47 @@ class BrokerState:
             self.ready[worker_id] = None
 
     def assign(self) -> list[Assignment]:
-        """Hand queued tasks to workers with credit, spreading them evenly."""
-        assignments = []
+        """Hand queued tasks to workers with credit, spreading them evenly.
+
+        Each round gives every ready worker an equal share of the queue (up to
+        its credit), so one worker does not take a small queue whole while
+        another idles; rounds repeat while tasks and credit remain.
+        """
+        assignments: dict[bytes, Assignment] = {}
         while self.queued and self.ready:
-            worker_id = next(iter(self.ready))
-            del self.ready[worker_id]
-            worker = self.workers[worker_id]
-            # An even share keeps one worker from taking a small queue whole
-            # while another idles.
-            share = math.ceil(len(self.queued) / (len(self.ready) + 1))
-            tasks, inits = [], []
-            while len(tasks) < min(worker.credit, share) and self.queue:
-                task = self.queue.popleft()
-                key = task.key
-                if self.queued.get(key) is not task:
-                    continue  # cancelled or its client is gone
-                del self.queued[key]
-                self.in_flight[key] = worker_id
-                worker.in_flight[key] = task
-                client = self.clients[task.client_id]
-                client.queued -= 1
-                client.in_flight += 1
-                if client.init_frames and task.client_id not in worker.inits_sent:
-                    worker.inits_sent.add(task.client_id)
-                    inits.append((task.client_id, client.init_frames))
-                tasks.append(task)
-            worker.credit -= len(tasks)
-            if worker.credit > 0:
-                self.ready[worker_id] = None
-            if tasks:
-                assignments.append(Assignment(worker_id, tasks, inits))
-        return assignments
+            workers = list(self.ready)
+            self.ready.clear()
+            share = math.ceil(len(self.queued) / len(workers))
+            for worker_id in workers:
+                worker = self.workers[worker_id]
+                assignment = assignments.get(worker_id)
+                if assignment is None:
+                    assignment = assignments[worker_id] = Assignment(worker_id, [], [])
+                self._fill(worker, assignment, min(worker.credit, share))
+            for worker_id in workers:
+                if self.workers[worker_id].credit > 0:
+                    self.ready[worker_id] = None
+        return [a for a in assignments.values() if a.tasks]
+
+    def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
+        taken = 0
+        while taken < count and self.queue:
+            task = self.queue.popleft()
+            key = task.key
+            if self.queued.get(key) is not task:
+                continue  # cancelled or its client is gone
+            del self.queued[key]
+            self.in_flight[key] = worker.worker_id
+            worker.in_flight[key] = task
+            client = self.clients[task.client_id]
+            client.queued -= 1
+            client.in_flight += 1
+            if client.init_frames and task.client_id not in worker.inits_sent:
+                worker.inits_sent.add(task.client_id)
+                assignment.inits.append((task.client_id, client.init_frames))
+            assignment.tasks.append(task)
+            taken += 1
+        worker.credit -= taken
 
     def started(self, worker_id: bytes, key: TaskKey) -> bool:
         """True if this worker really holds that task (else the news is dropped)."""

@@ -148,10 +148,11 @@ class Hello(Message):
         # The version is read first so that a peer of another version is told
         # so, even when the rest of its HELLO differs.
         version = _uint(header, "version")
+        role_name = _get(header, "role", str)
         try:
-            role = Role(_get(header, "role", str))
+            role = Role(role_name)
         except ValueError:
-            raise ProtocolError(f"unknown role {header['role']!r:.40}") from None
+            raise ProtocolError(f"unknown role {role_name!r:.40}") from None
         return cls(role, version, _uint(header, "credit", 1 << 20),
                    _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
                    _text(header, "host"))

@@ -4,8 +4,10 @@ Used by clients and workers only. The broker never imports this module: it
 forwards payload frames without looking inside them.
 
 A payload is a list of frames: the pickle stream first, then one frame per
-large buffer (bytes, NumPy arrays, ...) so that ZeroMQ sends them without
-copying them into the stream.
+large buffer that supports out-of-band pickling (NumPy arrays,
+``pickle.PickleBuffer``), so that ZeroMQ sends them without copying them into
+the stream. Plain ``bytes`` are always copied in band: the pickler gives no
+hook for them.
 """
 from __future__ import annotations
 

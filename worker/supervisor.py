@@ -21,6 +21,7 @@ log = logging.getLogger("zeropool.worker")
 # a delay that doubles up to the cap, so a crash loop does not spin the CPU.
 QUICK_DEATH = 1.0
 RESTART_DELAY_MAX = 10.0
+STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 
 
 def _child(target: Callable[[], int]) -> None:
@@ -43,7 +44,13 @@ def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = 
 
     def start(slot: int) -> None:
         process = context.Process(target=_child, args=(target,), name=f"zeropool-worker-{slot}")
-        process.start()
+        # The child starts with these blocked and unblocks them once its own
+        # handlers are in place, so a signal forwarded early is not lost.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         children[slot] = (process, time.monotonic())
 
     for slot in range(processes):
