@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         return RET_BIND
 
     def on_signal(signum: int, frame: object) -> None:
-        if broker._stopping:  # a second signal: stop at once
+        if broker.stopping:  # a second signal: stop at once
             os._exit(RET_OK)
         log.info("received %s; stopping", signal.Signals(signum).name)
         broker.stop()

@@ -28,7 +28,7 @@ import zmq
 
 from broker.state import BrokerState, Expired
 from protocol import (
-    PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat,
+    PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults, decode, encode,
     split_frames,
 )
@@ -85,6 +85,10 @@ class Broker:
         self._outgoing: dict[bytes, _Outgoing] = {}
         self._unreachable: set[bytes] = set()
         self._complaints = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
 
     def stop(self) -> None:
         """Ask the loop to finish its pass and return (safe from a signal handler)."""
@@ -157,7 +161,9 @@ class Broker:
         if message.op is Op.HELLO:
             return self.on_hello(peer_id, message, payload, now)
         if role is None:
-            raise ProtocolError(f"{message.op.value} before HELLO")
+            # Also a peer this broker declared dead, or one from before a restart.
+            self._complain(peer_id, "unknown_peer", f"{message.op.value} before HELLO")
+            return
         self.state.seen(peer_id, now)
         handler = _HANDLERS.get((role, message.op))
         if handler is None:
@@ -197,7 +203,9 @@ class Broker:
         groups = split_frames([nframes for _, nframes in submit.tasks], payload)
         for (task_id, _), frames in zip(submit.tasks, groups):
             if not self.state.submit(client_id, task_id, frames):
-                self._complain(client_id, "duplicate_task", f"task id {task_id} is already known")
+                # A client resubmits what it has no result for after a reconnect.
+                log.debug("client %s: task %d is already known; dropped the copy",
+                          client_id.hex(), task_id)
 
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
         cancelled = self.state.cancel(client_id, cancel.task_ids)
@@ -223,14 +231,27 @@ class Broker:
     def on_heartbeat(self, peer_id: bytes, heartbeat: Heartbeat, payload: list) -> None:
         pass  # being heard from is all a heartbeat says
 
+    def on_drain(self, worker_id: bytes, drain: Drain, payload: list) -> None:
+        self.state.drain(worker_id)
+        log.info("worker %s is draining: %d task(s) left on it", worker_id.hex(),
+                 len(self.state.workers[worker_id].in_flight))
+        self._send(worker_id, Drain())
+
     def on_worker_bye(self, worker_id: bytes, bye: Bye, payload: list) -> None:
         expired = self.state.remove_worker(worker_id, lost=False)
         log.info("worker %s left (%s)", worker_id.hex(), bye.reason or "no reason given")
         self._report(expired, "left")
 
     def on_client_bye(self, client_id: bytes, bye: Bye, payload: list) -> None:
-        self.state.remove_client(client_id)
-        log.info("client %s left", client_id.hex())
+        self._forget_client(client_id, "left")
+
+    def _forget_client(self, client_id: bytes, why: str) -> None:
+        dropped = self.state.remove_client(client_id)
+        if dropped:
+            log.warning("client %s %s; dropped its %d queued task(s)", client_id.hex(), why,
+                        dropped)
+        else:
+            log.info("client %s %s", client_id.hex(), why)
 
     # -- sending -----------------------------------------------------------
 
@@ -268,11 +289,10 @@ class Broker:
         while self._unreachable:
             peer_id = self._unreachable.pop()
             role = self.state.role_of(peer_id)
-            log.info("%s %s is unreachable; forgetting it", role or "peer", peer_id.hex())
             if role == "worker":
                 self._report(self.state.remove_worker(peer_id, lost=True), "unreachable")
             elif role == "client":
-                self.state.remove_client(peer_id)
+                self._forget_client(peer_id, "is unreachable")
 
     def _send_heartbeats(self) -> None:
         heartbeat = Heartbeat()
@@ -281,9 +301,9 @@ class Broker:
 
     def _expire(self, now: float) -> None:
         expired = self.state.expire(now)
-        for client_id in expired.clients:
-            log.warning("client %s silent for %.1fs; dropped its queued tasks", client_id.hex(),
-                        self.state.peer_timeout)
+        for client_id, dropped in expired.clients:
+            log.warning("client %s silent for %.1fs; dropped its %d queued task(s)",
+                        client_id.hex(), self.state.peer_timeout, dropped)
         self._report(expired, "silent for %.1fs" % self.state.peer_timeout)
         self._flush()
 
@@ -327,5 +347,6 @@ _HANDLERS = {
     ("client", Op.BYE): Broker.on_client_bye,
     ("worker", Op.RESULTS): Broker.on_results,
     ("worker", Op.HEARTBEAT): Broker.on_heartbeat,
+    ("worker", Op.DRAIN): Broker.on_drain,
     ("worker", Op.BYE): Broker.on_worker_bye,
 }

@@ -40,6 +40,7 @@ class Worker:
     in_flight: dict = field(default_factory=dict)  # TaskKey -> Task
     inits_sent: set = field(default_factory=set)  # client ids whose initializer it has
     done: int = 0
+    draining: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -66,7 +67,7 @@ class Expired:
     """What a liveness check found: dead peers, and tasks that must fail."""
 
     workers: list = field(default_factory=list)
-    clients: list = field(default_factory=list)
+    clients: list = field(default_factory=list)  # [(client_id, queued tasks dropped)]
     requeued: int = 0
     poisoned: list = field(default_factory=list)  # [Task]
 
@@ -125,11 +126,12 @@ class BrokerState:
         self._remove_worker(worker_id, expired, lost=lost)
         return expired
 
-    def remove_client(self, client_id: bytes) -> None:
-        """Forget a client: drop its queued tasks; its late results will be discarded."""
+    def remove_client(self, client_id: bytes) -> int:
+        """Forget a client: drop its queued tasks (returns how many); its late
+        results will be discarded."""
         client = self.clients.pop(client_id, None)
         if client is None:
-            return
+            return 0
         if client.queued:
             for key in [k for k in self.queued if k[0] == client_id]:
                 del self.queued[key]
@@ -140,6 +142,7 @@ class BrokerState:
             self.workers[self.in_flight.pop(key)].in_flight.pop(key)
         for worker in self.workers.values():
             worker.inits_sent.discard(client_id)
+        return client.queued
 
     def expire(self, now: float) -> Expired:
         """Remove peers silent for longer than ``peer_timeout``."""
@@ -148,8 +151,7 @@ class BrokerState:
         for worker_id in [w.worker_id for w in self.workers.values() if w.last_seen < deadline]:
             self._remove_worker(worker_id, expired, lost=True)
         for client_id in [c.client_id for c in self.clients.values() if c.last_seen < deadline]:
-            self.remove_client(client_id)
-            expired.clients.append(client_id)
+            expired.clients.append((client_id, self.remove_client(client_id)))
         return expired
 
     def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True) -> None:
@@ -198,9 +200,18 @@ class BrokerState:
 
     def add_credit(self, worker_id: bytes, credit: int) -> None:
         worker = self.workers[worker_id]
+        if worker.draining:
+            return
         worker.credit += credit
         if worker.credit > 0:
             self.ready[worker_id] = None
+
+    def drain(self, worker_id: bytes) -> None:
+        """Send this worker nothing more; it finishes what it holds, then leaves."""
+        worker = self.workers[worker_id]
+        worker.draining = True
+        worker.credit = 0
+        self.ready.pop(worker_id, None)
 
     def assign(self) -> list[Assignment]:
         """Hand queued tasks to workers with credit, spreading them evenly.

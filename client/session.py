@@ -418,11 +418,13 @@ class Session:
         return True
 
     def _on_error(self, error: Error) -> None:
-        if error.code == "duplicate_task":
-            log.debug("broker already had a resubmitted task: %s", error.message)
-        else:
-            log.error("the broker refused a message of this client: %s: %s", error.code,
-                      error.message)
+        if error.code == "unknown_peer":
+            log.warning("the broker at %s no longer knows this client; reconnecting and "
+                        "resubmitting", self.address)
+            self._broker_seen = 0.0
+            return
+        log.error("the broker refused a message of this client: %s: %s", error.code,
+                  error.message)
 
     def _break(self, future: TaskFuture, frames: list) -> None:
         """The initializer failed: fail everything, as the stdlib pools do."""

@@ -10,7 +10,7 @@ from typing import Sequence
 import msgpack
 
 from protocol.messages import (
-    Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat, Hello, Message,
+    Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
     Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults,
 )
 
@@ -23,7 +23,7 @@ _TO_CLIENT = {Op.RESULTS: ClientResults}
 _KINDS: dict[Op, type[Message]] = {
     Op.HELLO: Hello, Op.WELCOME: Welcome, Op.REFUSED: Refused, Op.SUBMIT: Submit,
     Op.CANCEL: Cancel, Op.CANCEL_REPLY: CancelReply, Op.DISPATCH: Dispatch,
-    Op.HEARTBEAT: Heartbeat, Op.BYE: Bye, Op.ERROR: Error,
+    Op.HEARTBEAT: Heartbeat, Op.DRAIN: Drain, Op.BYE: Bye, Op.ERROR: Error,
 }
 _packer = msgpack.Packer(use_bin_type=True)
 

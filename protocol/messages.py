@@ -6,8 +6,8 @@ frames belong to it; ``frames.split_frames`` cuts the payload accordingly.
 
     client  -> broker : HELLO SUBMIT CANCEL HEARTBEAT BYE
     broker  -> client : WELCOME REFUSED CANCEL_REPLY RESULTS(ClientResults) HEARTBEAT ERROR
-    worker  -> broker : HELLO RESULTS(WorkerResults) HEARTBEAT BYE
-    broker  -> worker : WELCOME REFUSED DISPATCH HEARTBEAT ERROR
+    worker  -> broker : HELLO RESULTS(WorkerResults) HEARTBEAT DRAIN BYE
+    broker  -> worker : WELCOME REFUSED DISPATCH HEARTBEAT DRAIN ERROR
 
 Nothing a peer sends is trusted: ``parse`` checks every key, type and range
 and raises ``ProtocolError`` instead of letting a bad value travel further.
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 __all__ = [
     "Op", "Role", "Status", "ProtocolError", "Message",
     "Hello", "Welcome", "Refused", "Submit", "Cancel", "CancelReply",
-    "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Bye", "Error",
+    "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Drain", "Bye", "Error",
 ]
 
 # Ids and counts are unsigned 64-bit on the wire.
@@ -45,6 +45,7 @@ class Op(str, enum.Enum):
     DISPATCH = "dispatch"
     RESULTS = "results"
     HEARTBEAT = "heartbeat"
+    DRAIN = "drain"
     BYE = "bye"
     ERROR = "error"
 
@@ -352,6 +353,14 @@ class Heartbeat(Message):
     """Sent when a peer has had nothing else to say for a heartbeat interval."""
 
     op: ClassVar[Op] = Op.HEARTBEAT
+
+
+@dataclass(frozen=True, slots=True)
+class Drain(Message):
+    """A worker asks for no more tasks; the broker answers with DRAIN once it
+    will send none, so the worker knows no DISPATCH is still on its way."""
+
+    op: ClassVar[Op] = Op.DRAIN
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,12 +60,13 @@ class Programs:
         self.tmp_path = tmp_path
         self.processes: list[subprocess.Popen] = []
 
-    def broker(self, *args: str, bind: str = "tcp://127.0.0.1:*") -> tuple[subprocess.Popen, str]:
+    def broker(self, *args: str, bind: str = "tcp://127.0.0.1:*",
+               **popen) -> tuple[subprocess.Popen, str]:
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
                 [*command("broker"), "--bind", bind, "--ready-fd", str(write_fd), *args],
-                pass_fds=(write_fd,), stdin=subprocess.DEVNULL)
+                pass_fds=(write_fd,), stdin=subprocess.DEVNULL, **popen)
         finally:
             os.close(write_fd)
         self.processes.append(process)

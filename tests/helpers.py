@@ -95,3 +95,31 @@ def count_run_then_sleep(directory, seconds, value):
     touch(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"))
     time.sleep(seconds)  # the point of the task is to take long
     return value
+
+
+def record_run(directory, value, seconds=0.0):
+    """Leave one file per execution (named by value), then return ``value``."""
+    touch(os.path.join(directory, f"{value}-{os.getpid()}-{time.monotonic_ns()}"))
+    if seconds:
+        time.sleep(seconds)  # stands for work, so that faults hit tasks in flight
+    return value
+
+
+def runs_per_value(directory):
+    counts = {}
+    for name in os.listdir(directory):
+        value = int(name.split("-")[0])
+        counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def exit_process():
+    os._exit(1)
+
+
+def touch_wait_mark(started, gate, finished):
+    """Mark the start, wait for ``gate``, mark the end; returns the pid."""
+    touch(started)
+    wait_for_file(gate)
+    touch(finished)
+    return os.getpid()

@@ -434,7 +434,7 @@ def test_expire_removes_silent_workers_and_clients():
     state.seen(C2, now=5.0)
     expired = state.expire(now=12.0)
     assert expired.workers == [W1]
-    assert expired.clients == [C1]
+    assert expired.clients == [(C1, 0)]
     assert state.role_of(W1) is None and state.role_of(C1) is None
     assert state.role_of(W2) == "worker" and state.role_of(C2) == "client"
 

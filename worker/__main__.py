@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
                       liveness=args.liveness, watch_fd=args.watch_fd)
 
         def on_signal(signum: int, frame: object) -> None:
-            if agent._draining:
+            if agent.draining:
                 agent.stop_now()
             else:
                 agent.drain()

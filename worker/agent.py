@@ -25,7 +25,7 @@ import time
 import zmq
 
 from protocol import (
-    PROTOCOL_VERSION, Bye, Dispatch, Error, Heartbeat, Hello, Op, ProtocolError, Refused, Role,
+    PROTOCOL_VERSION, Bye, Dispatch, Drain, Error, Heartbeat, Hello, Op, ProtocolError, Refused, Role,
     WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults
@@ -68,12 +68,17 @@ class Agent:
         self._runner = Runner(threads, self._waker.wake)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
         self._draining = False
+        self._drain_confirmed = False
         self._stop_now = False
         self._broker_seen = 0.0
         self._last_send = 0.0
         self._reconnect_delay = defaults.RECONNECT_DELAY
 
     # -- control (signal-safe: they only set flags) -------------------------
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
 
     def drain(self) -> None:
         """Take no new tasks, finish the running ones, then leave."""
@@ -132,13 +137,19 @@ class Agent:
             if self._draining and not announced_drain:
                 log.info("draining: finishing %d running task(s), taking no new ones",
                          len(self._running))
+                self._send(Drain())
                 announced_drain = True
-            if self._draining and not self._running:
+            # Leave once the broker has confirmed it sends nothing more (so no
+            # task is on its way here) and every task has been answered.
+            if self._drain_confirmed and not self._running:
                 self._send(Bye("worker drained"))
                 log.info("drained; leaving")
                 return Exit.OK
             now = time.monotonic()
             if now - self._broker_seen > self.heartbeat_interval * self.liveness:
+                if self._draining and not self._running:
+                    log.warning("broker %s is gone while draining; leaving", self.address)
+                    return Exit.OK
                 self._reconnect()
             elif now - self._last_send >= self.heartbeat_interval:
                 self._send(Heartbeat())
@@ -182,21 +193,29 @@ class Agent:
             if message.op is Op.DISPATCH:
                 self.on_dispatch(message, payload)
             elif message.op is Op.WELCOME:
+                # The broker's heartbeat settings rule: both sides judge liveness alike.
+                self.heartbeat_interval = message.heartbeat_interval
+                self.liveness = message.liveness
                 self._reconnect_delay = defaults.RECONNECT_DELAY
                 log.info("connected to broker %s as %s", self.address, self.worker_id.decode())
             elif message.op is Op.REFUSED:
                 log.error("the broker refused this worker: %s", message.reason)
                 return Exit.REFUSED
+            elif message.op is Op.DRAIN:
+                self._drain_confirmed = True
             elif message.op is Op.ERROR:
-                log.error("the broker reports: %s: %s", message.code, message.message)
+                if message.code == "unknown_peer":
+                    # The broker declared us dead (we were stopped or cut off): join again.
+                    log.warning("the broker no longer knows this worker; registering again")
+                    self._broker_seen = 0.0
+                else:
+                    log.error("the broker reports: %s: %s", message.code, message.message)
             elif message.op is Op.BYE:
                 log.warning("the broker is going away (%s); will reconnect", message.reason)
                 self._broker_seen = 0.0  # reconnect on the next pass
 
     def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
-        if self._draining:
-            # Not started here: the broker requeues them when this worker says BYE.
-            return
+        # Also while draining: these were sent before the broker saw DRAIN.
         counts = [n for _, n in dispatch.inits] + [row[2] for row in dispatch.tasks]
         groups = split_frames(counts, payload)
         for (client_id, _), frames in zip(dispatch.inits, groups):

@@ -1,0 +1,186 @@
+"""Faults caused for real: SIGKILL, SIGSTOP, os._exit, broker restarts, drains.
+
+Brokers here run with a 0.2 s heartbeat and liveness 5, so a silent peer is
+declared dead within about a second; clients and workers take those settings
+from the broker's WELCOME.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import client
+from tests import helpers
+from tests.conftest import alive
+from tests.helpers import wait_until
+
+FAST = ("--heartbeat-interval", "0.2", "--liveness", "5", "--log-level", "WARNING")
+
+
+def count_completions(futures):
+    """Count, per future, how often it completes (must end at exactly once)."""
+    counts = {f: 0 for f in futures}
+    lock = threading.Lock()
+
+    def done(future):
+        with lock:
+            counts[future] += 1
+
+    for future in futures:
+        future.add_done_callback(done)
+    return counts
+
+
+@pytest.mark.timeout(240)
+def test_random_worker_kills_lose_nothing(programs):
+    # Enough retries that no task is declared poison by bad luck: this test
+    # is about requeueing; the poison rule has its own test.
+    _, address = programs.broker(*FAST, "--max-retries", "50")
+    workers = [programs.worker(address, "--log-level", "WARNING") for _ in range(3)]
+    stop = threading.Event()
+    kills = []
+
+    def killer():
+        rng = random.Random(1234)
+        while not stop.wait(0.5):  # the fault schedule: a kill every half second
+            victim = workers.pop(rng.randrange(len(workers)))
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            kills.append(victim.pid)
+            workers.append(programs.worker(address, "--log-level", "WARNING"))
+
+    with client.Executor(address) as ex:
+        futures = [ex.submit(helpers.sleep_and_return, 0.002, i) for i in range(5000)]
+        completions = count_completions(futures)
+        thread = threading.Thread(target=killer)
+        thread.start()
+        try:
+            results = [f.result(timeout=200) for f in futures]
+        finally:
+            stop.set()
+            thread.join()
+    assert results == list(range(5000))
+    assert set(completions.values()) == {1}
+    assert len(kills) >= 3
+
+
+@pytest.mark.timeout(120)
+def test_stopped_worker_tasks_finish_elsewhere_and_are_delivered_once(programs, tmp_path):
+    _, address = programs.broker(*FAST)
+    frozen = programs.worker(address)
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    with client.Executor(address) as ex:
+        future = ex.submit(helpers.touch_then_wait, started, gate)
+        completions = count_completions([future])
+        wait_until(lambda: os.path.exists(started), 30, what="the task to start")
+        frozen.send_signal(signal.SIGSTOP)
+        try:
+            helpers.touch(gate)
+            rescuer = programs.worker(address)
+            assert future.result(timeout=30) == rescuer.pid  # requeued and run again
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        # The frozen worker wakes, finishes its copy and sends a stale result
+        # (dropped), then registers again and takes new work.
+        pids = set()
+        deadline = time.monotonic() + 60
+        while frozen.pid not in pids:
+            assert time.monotonic() < deadline, "the frozen worker never served again"
+            pids.update(ex.map(helpers.getpid, range(4)))
+    assert completions[future] == 1
+    assert future.result() == rescuer.pid
+
+
+@pytest.mark.timeout(120)
+def test_poison_task_fails_after_max_retries_and_the_rest_goes_on(programs):
+    _, address = programs.broker(*FAST)
+    programs.worker(address, "--processes", "3", "--log-level", "ERROR")
+    with client.Executor(address) as ex:
+        poison = ex.submit(helpers.exit_process)
+        others = [ex.submit(helpers.square, i) for i in range(200)]
+        with pytest.raises(client.WorkerLostError, match=r"task \d+ was running on 3 workers"):
+            poison.result(timeout=60)
+        assert [f.result(timeout=60) for f in others] == [i * i for i in range(200)]
+
+
+@pytest.mark.timeout(180)
+def test_broker_killed_and_restarted_twice_loses_nothing(programs):
+    broker, address = programs.broker(*FAST)
+    for _ in range(2):
+        programs.worker(address, "--log-level", "ERROR")
+    with client.Executor(address) as ex:
+        futures = [ex.submit(helpers.sleep_and_return, 0.003, i) for i in range(2000)]
+        completions = count_completions(futures)
+        for threshold in (400, 1200):
+            wait_until(lambda: sum(f.done() for f in futures) >= threshold, 120,
+                       what=f"{threshold} results")
+            broker.send_signal(signal.SIGKILL)
+            broker.wait()
+            broker, again = programs.broker(*FAST, bind=address)
+            assert again == address
+        results = [f.result(timeout=120) for f in futures]
+    assert results == list(range(2000))
+    assert set(completions.values()) == {1}
+
+
+@pytest.mark.timeout(120)
+def test_draining_worker_finishes_its_tasks_and_nothing_runs_twice(programs, tmp_path):
+    _, address = programs.broker(*FAST)
+    leaving = programs.worker(address, "--threads", "2", "--log-level", "WARNING")
+    programs.worker(address, "--threads", "2", "--log-level", "WARNING")
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    with client.Executor(address) as ex:
+        futures = [ex.submit(helpers.record_run, str(runs), i, 0.005) for i in range(600)]
+        wait_until(lambda: sum(f.done() for f in futures) >= 100, 60, what="100 results")
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(60) == 0
+        assert [f.result(timeout=60) for f in futures] == list(range(600))
+    counts = helpers.runs_per_value(str(runs))
+    assert sorted(counts) == list(range(600))
+    assert set(counts.values()) == {1}, "a task ran twice"
+
+
+@pytest.mark.timeout(120)
+def test_dead_clients_queue_is_dropped(programs, tmp_path):
+    log_path = tmp_path / "broker.log"
+    with open(log_path, "w") as log:
+        _, address = programs.broker(*FAST, stderr=log)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(f"""
+        import client, time
+        from tests import helpers
+        ex = client.Executor({address!r})
+        fs = [ex.submit(helpers.record_run, {str(runs)!r}, i) for i in range(20000)]
+        # cancel() is answered by the broker after it has taken every task before it.
+        assert fs[-1].cancel()
+        print("queued", flush=True)
+        time.sleep(600)
+    """)
+    doomed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=root))
+    try:
+        assert doomed.stdout.readline().strip() == "queued"
+        doomed.kill()
+        doomed.wait()
+        wait_until(lambda: "dropped its 19999 queued task(s)" in log_path.read_text(), 30,
+                   what="the broker to drop the dead client")
+        programs.worker(address, "--log-level", "WARNING")
+        with client.Executor(address) as ex:
+            assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+    finally:
+        if doomed.poll() is None:
+            doomed.kill()
+            doomed.wait()
+    assert os.listdir(runs) == [], "tasks of a dead client ran"
