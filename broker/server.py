@@ -295,7 +295,7 @@ class Broker:
                 self._forget_client(peer_id, "is unreachable")
 
     def _send_heartbeats(self) -> None:
-        heartbeat = Heartbeat()
+        heartbeat = Heartbeat(len(self.state.workers))
         for peer_id in [*self.state.workers, *self.state.clients]:
             self._send(peer_id, heartbeat)
 

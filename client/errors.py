@@ -4,7 +4,7 @@
      ├── InitializerError      the executor's initializer raised on a worker
      └── BrokerUnreachable     no broker answered in time
     Exception
-     ├── WorkerLostError       a task kept killing the workers that ran it
+     ├── WorkerLostError       a task kept killing its workers, or none was left
      └── RemoteError           a task's exception that could not be pickled (text only)
 
 A task's own exception is re-raised as itself, with the worker's traceback as
@@ -29,4 +29,5 @@ class BrokerUnreachable(BrokenExecutor):
 
 
 class WorkerLostError(Exception):
-    """Raised when a task was running on too many workers that died (a poison task)."""
+    """Raised when no worker could finish a task: it was running on too many workers
+    that died (a poison task), or no worker was attached while the executor shut down."""

@@ -106,7 +106,8 @@ class Session:
         self._cancels: dict[int, _CancelRequest] = {}
         self._open = 0  # tasks sent and not finished, for max_in_flight
         self._waker = Waker()
-        self._welcomed = threading.Event()
+        self._welcomed = threading.Event()  # the first WELCOME, for the constructor
+        self._connected = False  # WELCOMEd on the current socket
         self._refused: str | None = None
         self._closing = False
         self.broken: BaseException | None = None
@@ -115,6 +116,8 @@ class Session:
         self._socket: zmq.Socket | None = None
         self._broker_seen = 0.0
         self._last_send = 0.0
+        # Since when the broker has said it has no worker at all (None: it has some).
+        self._no_workers_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="zeropool-client-io", daemon=True)
         self._thread.start()
         _live_sessions.add(self)
@@ -207,10 +210,17 @@ class Session:
             self._waker.clear()
             self._drain_outbox()
             if self._closing and not self._pending and not self._outbox:
-                if self._welcomed.is_set():
+                if self._connected:
                     self._send(Bye("client shut down"))
                 return
             now = time.monotonic()
+            if (self._closing and self._pending and self._no_workers_since is not None
+                    and now - self._no_workers_since > self._connect_timeout):
+                self._fail_all(WorkerLostError(
+                    f"no worker has been attached to the broker at {self.address} for "
+                    f"{now - self._no_workers_since:.0f}s while the executor was shutting down; "
+                    "this task did not run. Start workers (worker ADDRESS) before shutting down."))
+                continue
             if now - self._broker_seen > self._heartbeat_interval * self._liveness:
                 lost_since = lost_since or now
                 if self._closing and now - lost_since > self._connect_timeout:
@@ -222,7 +232,7 @@ class Session:
                 poller.unregister(self._socket)
                 self._reconnect()
             else:
-                if self._welcomed.is_set():
+                if self._connected:
                     lost_since = None
                 if now - self._last_send >= self._heartbeat_interval:
                     self._send(Heartbeat())
@@ -243,6 +253,7 @@ class Session:
         log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
                     self.address, self._heartbeat_interval * self._liveness, len(self._pending))
         self._socket.close(linger=0)
+        self._connected = False
         # Unanswered cancels: nothing was cancelled as far as we know; the
         # tasks are resubmitted and run.
         for request in self._cancels.values():
@@ -274,11 +285,17 @@ class Session:
                 elif message.op is Op.WELCOME:
                     self._heartbeat_interval = message.heartbeat_interval
                     self._liveness = message.liveness
+                    self._connected = True
                     self._welcomed.set()
                 elif message.op is Op.REFUSED:
                     log.error("the broker refused this client: %s", message.reason)
                     self._refused = message.reason
                     return
+                elif message.op is Op.HEARTBEAT:
+                    if message.workers:
+                        self._no_workers_since = None
+                    elif self._no_workers_since is None:
+                        self._no_workers_since = self._broker_seen
                 elif message.op is Op.ERROR:
                     self._on_error(message)
                 elif message.op is Op.BYE:
@@ -340,7 +357,7 @@ class Session:
 
     def _send_cancel(self, request: _CancelRequest) -> None:
         ask = self._cancel_unsent(request)
-        if not ask or not self._welcomed.is_set():
+        if not ask or not self._connected:
             request.done.set()
             return
         self._cancels[request.request_id] = request
@@ -362,6 +379,7 @@ class Session:
         self._send_unsent()
 
     def _on_results(self, message: ClientResults, payload: list) -> None:
+        self._no_workers_since = None
         pending = self._pending
         for task_id in message.started:
             entry = pending.get(task_id)

@@ -350,9 +350,21 @@ class ClientResults(Message):
 
 @dataclass(frozen=True, slots=True)
 class Heartbeat(Message):
-    """Sent when a peer has had nothing else to say for a heartbeat interval."""
+    """Sent when a peer has had nothing else to say for a heartbeat interval.
+
+    From the broker it says how many workers are attached, so that a client
+    shutting down can tell "no worker left" from "workers busy".
+    """
 
     op: ClassVar[Op] = Op.HEARTBEAT
+    workers: int = 0
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "workers": self.workers}
+
+    @classmethod
+    def parse(cls, header: dict) -> Heartbeat:
+        return cls(_uint(header, "workers", 1 << 32))
 
 
 @dataclass(frozen=True, slots=True)

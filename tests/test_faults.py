@@ -184,3 +184,100 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
             doomed.kill()
             doomed.wait()
     assert os.listdir(runs) == [], "tasks of a dead client ran"
+
+
+def free_address() -> str:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.mark.timeout(60)
+def test_constructor_fails_fast_when_no_broker_answers():
+    started = time.monotonic()
+    with pytest.raises(client.BrokerUnreachable, match="no broker answered"):
+        client.Executor(free_address(), connect_timeout=0.5)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.timeout(120)
+def test_submit_while_the_broker_is_down_runs_once_it_is_back(programs):
+    broker, address = programs.broker(*FAST)
+    programs.worker(address, "--log-level", "ERROR")
+    with client.Executor(address) as ex:
+        assert ex.submit(helpers.square, 2).result(timeout=30) == 4
+        broker.send_signal(signal.SIGKILL)
+        broker.wait()
+        futures = [ex.submit(helpers.square, i) for i in range(50)]
+        assert not any(f.done() for f in futures)
+        programs.broker(*FAST, bind=address)
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(50)]
+
+
+@pytest.mark.timeout(120)
+def test_broker_sigterm_is_like_a_restart_for_clients(programs):
+    broker, address = programs.broker(*FAST)
+    programs.worker(address, "--log-level", "ERROR")
+    with client.Executor(address) as ex:
+        futures = [ex.submit(helpers.sleep_and_return, 0.003, i) for i in range(600)]
+        completions = count_completions(futures)
+        wait_until(lambda: sum(f.done() for f in futures) >= 100, 60, what="100 results")
+        broker.send_signal(signal.SIGTERM)
+        assert broker.wait(30) == 0
+        programs.broker(*FAST, bind=address)
+        assert [f.result(timeout=60) for f in futures] == list(range(600))
+    assert set(completions.values()) == {1}
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_does_not_hang_when_the_broker_is_gone(programs, tmp_path):
+    broker, address = programs.broker(*FAST)
+    programs.worker(address, "--log-level", "ERROR")
+    ex = client.Executor(address, connect_timeout=1)
+    busy = ex.submit(helpers.wait_for_file, str(tmp_path / "never"), 600)
+    wait_until(busy.running, 30, what="the worker to be busy")
+    future = ex.submit(helpers.square, 2)  # waits in the queue behind it
+    broker.send_signal(signal.SIGKILL)
+    broker.wait()
+    started = time.monotonic()
+    ex.shutdown(wait=True)
+    assert time.monotonic() - started < 30
+    with pytest.raises(client.BrokerUnreachable, match="has not answered"):
+        future.result(timeout=0)
+
+
+@pytest.mark.timeout(120)
+def test_shutdown_does_not_hang_when_no_worker_is_left(programs):
+    _, address = programs.broker(*FAST)
+    worker = programs.worker(address, "--log-level", "ERROR")
+    ex = client.Executor(address, connect_timeout=1)
+    assert ex.submit(helpers.square, 2).result(timeout=30) == 4
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    future = ex.submit(helpers.square, 3)
+    ex.shutdown(wait=True)
+    with pytest.raises(client.WorkerLostError, match="no worker has been attached"):
+        future.result(timeout=0)
+
+
+@pytest.mark.timeout(120)
+def test_second_signal_stops_a_worker_at_once_and_its_task_runs_elsewhere(programs, tmp_path):
+    _, address = programs.broker(*FAST)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        leaving = programs.worker(address, stderr=log)
+    started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
+    with client.Executor(address) as ex:
+        future = ex.submit(helpers.touch_then_wait, started, gate)
+        wait_until(lambda: os.path.exists(started), 30, what="the task to start")
+        leaving.send_signal(signal.SIGTERM)
+        # Two signals sent at once may reach the process as one.
+        wait_until(lambda: "draining" in log_path.read_text(), 30, what="the drain to begin")
+        leaving.send_signal(signal.SIGTERM)
+        assert leaving.wait(30) == 0
+        os.remove(started)
+        other = programs.worker(address)
+        wait_until(lambda: os.path.exists(started), 30, what="the task to run again")
+        helpers.touch(gate)
+        assert future.result(timeout=30) == other.pid

@@ -53,6 +53,7 @@ ROUND_TRIPS = [
     pytest.param(ClientResults([[1, int(Status.INIT_FAILED), 1]]), [b"x"], Role.CLIENT,
                  id="results-to-client-sender-client"),
     pytest.param(Heartbeat(), [], None, id="heartbeat"),
+    pytest.param(Heartbeat(workers=3), [], None, id="heartbeat-with-workers"),
     pytest.param(Bye("shutting down"), [], None, id="bye"),
     pytest.param(Bye(), [], None, id="bye-empty"),
     pytest.param(Error("bad_message", "x" * MAX_TEXT), [], None, id="error-longest-text"),
@@ -92,7 +93,7 @@ def test_decode_accepts_zmq_frames():
 
 
 def test_decode_accepts_a_memoryview_header():
-    decoded, _ = protocol.decode([memoryview(pack({"op": "heartbeat"}))])
+    decoded, _ = protocol.decode([memoryview(pack({"op": "heartbeat", "workers": 0}))])
     assert decoded == Heartbeat()
 
 
@@ -137,7 +138,7 @@ def without(base: dict, key: str) -> dict:
 @pytest.mark.parametrize("base, sender", [
     (HELLO, None), (WELCOME, None), (REFUSED, None), (SUBMIT, None), (CANCEL, None),
     (CANCEL_REPLY, None), (DISPATCH, None), (W_RESULTS, Role.WORKER), (C_RESULTS, None),
-    (BYE, None), (ERROR, None), ({"op": "heartbeat"}, None),
+    (BYE, None), (ERROR, None), ({"op": "heartbeat", "workers": 2}, None),
 ])
 def test_valid_base_headers_are_accepted(base, sender):
     """The bases the bad cases below are built from are themselves valid."""
