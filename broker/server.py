@@ -157,12 +157,18 @@ class Broker:
     def _handle(self, peer_id: bytes, frames: list) -> None:
         now = time.monotonic()
         role = self.state.role_of(peer_id)
-        message, payload = decode(frames, Role.WORKER if role == "worker" else None)
-        if message.op is Op.HELLO:
+        try:
+            message, payload = decode(frames, Role.WORKER if role == "worker" else None)
+        except ProtocolError:
+            if role is not None:
+                raise
+            message = None
+        if message is not None and message.op is Op.HELLO:
             return self.on_hello(peer_id, message, payload, now)
         if role is None:
-            # Also a peer this broker declared dead, or one from before a restart.
-            self._complain(peer_id, "unknown_peer", f"{message.op.value} before HELLO")
+            # Also a peer this broker declared dead, or one from before a restart
+            # (whose RESULTS do not parse as a client's): it must say HELLO again.
+            self._complain(peer_id, "unknown_peer", "a message before HELLO")
             return
         self.state.seen(peer_id, now)
         handler = _HANDLERS.get((role, message.op))

@@ -193,9 +193,13 @@ class BrokerState:
         cancelled = []
         client = self.clients[client_id]
         for task_id in task_ids:
-            if self.queued.pop((client_id, task_id), None) is not None:
+            task = self.queued.pop((client_id, task_id), None)
+            if task is not None:
+                task.frames = []  # it stays in the deque until popped; its payload need not
                 cancelled.append(task_id)
                 client.queued -= 1
+        if not self.queued:
+            self.queue.clear()
         return cancelled
 
     def add_credit(self, worker_id: bytes, credit: int) -> None:

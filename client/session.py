@@ -24,7 +24,7 @@ import socket as socketlib
 import threading
 import time
 import weakref
-from concurrent.futures import Future
+from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -121,11 +121,10 @@ class Session:
         self._thread = threading.Thread(target=self._run, name="zeropool-client-io", daemon=True)
         self._thread.start()
         _live_sessions.add(self)
-        if not self._welcomed.wait(connect_timeout) or self._refused is not None:
+        if not self._welcomed.wait(connect_timeout) or not self._connected:
             self.close(wait=False, force=True)
-            if self._refused is not None:
-                raise BrokerUnreachable(f"the broker at {address} refused this client: "
-                                        f"{self._refused}")
+            if self.broken is not None:
+                raise self.broken
             raise BrokerUnreachable(
                 f"no broker answered at {address} within {connect_timeout:g}s; check that "
                 "a broker is running there (broker --bind ...) and reachable from this host, "
@@ -180,15 +179,24 @@ class Session:
     def _run(self) -> None:
         try:
             self._serve()
+            if self._refused is not None:
+                self.broken = BrokerUnreachable(
+                    f"the broker at {self.address} refused this client: {self._refused}")
         except BaseException as exc:
             log.exception("zeropool client I/O thread failed")
-            self._fail_all(BrokerUnreachable(f"the client's I/O thread failed: {exc!r}"))
+            self.broken = BrokerUnreachable(f"the client's I/O thread failed: {exc!r}")
+            self.broken.__cause__ = exc
         finally:
+            # Nothing serves this session any more: fail what is pending, refuse the rest.
+            if self.broken is None:
+                self.broken = RuntimeError("cannot schedule new futures after shutdown")
+            self._welcomed.set()  # a constructor still waiting learns at once
+            self._fail_all(self.broken)
             for request in list(self._cancels.values()):
                 request.done.set()
             if self._socket is not None:
                 self._socket.close(linger=0)
-            self._context.term()
+            self._context.destroy(linger=0)  # also closes a socket left half-made
             _live_sessions.discard(self)
             if self._on_close is not None:
                 self._on_close()
@@ -243,8 +251,8 @@ class Session:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.address)
         self._socket = sock
+        sock.connect(self.address)
         self._broker_seen = time.monotonic()
         self._send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=len(self._init_frames),
                          pid=os.getpid(), host=self._host), self._init_frames)
@@ -373,7 +381,12 @@ class Session:
                     self._open -= 1
                     futures.append(entry.future)
         for future in futures:
-            _cancel(future)
+            if future.running():
+                # Shown running, then requeued when its worker died: it will not run now.
+                future.set_exception(CancelledError(
+                    "cancelled after its worker was lost, before it ran again"))
+            else:
+                _cancel(future)
         if request is not None:
             request.done.set()
         self._send_unsent()

@@ -37,10 +37,15 @@ class Waker:
                 pass  # full: it is raised already
 
     def clear(self) -> None:
-        """Called by the owner before it drains its queue, so no wake is missed."""
-        self._raised = False
+        """Called by the owner before it drains its queue, so no wake is missed.
+
+        The pipe is emptied before the flag drops: a wake() in between then
+        finds the flag still up and its item is drained with the queue; the
+        other order could leave the flag up over an empty pipe for good.
+        """
         try:
             while os.read(self.fd, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._raised = False

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -106,3 +107,46 @@ def test_many_clients_share_one_broker_without_cross_talk(shared_cluster):
         results = list(threads.map(run, range(3)))
     for index, values in enumerate(results):
         assert values == [(index, i) for i in range(500)]
+
+
+def test_worker_processes_do_not_outlive_a_killed_supervisor(programs):
+    from tests.conftest import alive, descendants
+    _, address = programs.broker()
+    supervisor = programs.worker(address, "--processes", "2")
+    wait_until(lambda: len(descendants(supervisor.pid)) == 2, 30, what="two worker processes")
+    children = descendants(supervisor.pid)
+    supervisor.kill()
+    supervisor.wait()
+    wait_until(lambda: not [pid for pid in children if alive(pid)], 30,
+               what="the orphaned workers to exit")
+
+
+def test_supervisor_stops_when_the_broker_refuses_its_workers(programs):
+    import zmq
+    from protocol import Refused, decode, encode
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    supervisor = programs.worker(f"tcp://127.0.0.1:{port}", "--processes", "2",
+                                 "--log-level", "ERROR")
+    refused = 0
+    try:
+        while supervisor.poll() is None and refused < 50:
+            if router.poll(200):
+                peer, *frames = router.recv_multipart()
+                decode(frames)
+                router.send_multipart([peer, *encode(Refused("wrong version", 99))])
+                refused += 1
+        assert supervisor.wait(30) == 4
+        assert refused <= 4  # it stopped instead of restarting refused workers
+    finally:
+        router.close()
+        context.term()
+
+
+def test_a_bad_address_fails_at_once_with_the_reason():
+    started = time.monotonic()
+    with pytest.raises(client.BrokerUnreachable, match="Invalid argument|I/O thread failed"):
+        client.Executor("tcp://localhost:notaport")
+    assert time.monotonic() - started < 5

@@ -133,7 +133,7 @@ def test_as_completed_with_timeout(executor, gate):
     slow = executor.submit(helpers.wait_for_file, gate)
     seen = []
     with pytest.raises(cf.TimeoutError):
-        for future in cf.as_completed([fast, slow], timeout=1):
+        for future in cf.as_completed([fast, slow], timeout=3):
             seen.append(future)
     assert seen == [fast]
 

@@ -54,4 +54,5 @@ def test_seed_examples_match_the_stdlib(tmp_path):
         assert sorted(out.splitlines()) == sorted(stdlib_out.splitlines()), f"example {number}"
         # Worker prints arrive too (they come from the worker processes).
         assert "starting" in out or "processing" in out
-        assert ours_time < stdlib_time + 5, (number, ours_time, stdlib_time)
+        # About the same: cluster start-up, and ten programs sharing two cores.
+        assert ours_time < stdlib_time + 8, (number, ours_time, stdlib_time)

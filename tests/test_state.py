@@ -609,3 +609,14 @@ def test_a_client_that_returns_under_its_id_starts_afresh():
     assert state.finish(b"w", (b"c", 1)) is None  # the old session's result is dropped
     assert state.submit(b"c", 1, [b"new"])  # and its id is free again
     assert state.clients[b"c"].in_flight == 0
+
+
+def test_cancelled_tasks_release_their_payload_at_once():
+    state = BrokerState(peer_timeout=10.0, max_retries=3)
+    state.add_client(b"c", [], 0.0)
+    for task_id in range(3):
+        state.submit(b"c", task_id, [b"x" * 1000])
+    held = list(state.queue)
+    assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
+    assert all(task.frames == [] for task in held)
+    assert not state.queue  # nothing left queued: the deque is emptied too

@@ -75,9 +75,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from worker.agent import Agent
 
-    def run_agent() -> int:
+    def run_agent(supervisor_fd: int | None = None) -> int:
+        watch = tuple(fd for fd in (args.watch_fd, supervisor_fd) if fd is not None)
         agent = Agent(args.address, args.threads, heartbeat_interval=args.heartbeat_interval,
-                      liveness=args.liveness, watch_fd=args.watch_fd)
+                      liveness=args.liveness, watch_fds=watch)
 
         def on_signal(signum: int, frame: object) -> None:
             if agent.draining:

@@ -52,13 +52,15 @@ class Agent:
                  heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
                  liveness: int = defaults.HEARTBEAT_LIVENESS,
                  max_message_size: int = defaults.MAX_MESSAGE_SIZE,
-                 watch_fd: int | None = None) -> None:
+                 watch_fds: tuple[int, ...] = ()) -> None:
         self.address = address
         self.threads = threads
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.max_message_size = max_message_size
-        self.watch_fd = watch_fd
+        # Pipes whose writers (the process that started us) hold the other end:
+        # readable means that process is gone, and so should we be.
+        self.watch_fds = tuple(watch_fds)
         host = socketlib.gethostname()[:64]
         self.worker_id = f"w-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
         self._host = host
@@ -104,7 +106,7 @@ class Agent:
             self._runner.stop()
             if self._socket is not None:
                 self._socket.close(linger=0)
-            self._context.term()
+            self._context.destroy(linger=0)  # also closes a socket left half-made
 
     def _serve(self, wake_read: int) -> Exit:
         self._connect()
@@ -114,13 +116,13 @@ class Agent:
             poller.register(self._socket, zmq.POLLIN)
             poller.register(self._waker.fd, zmq.POLLIN)
             poller.register(wake_read, zmq.POLLIN)
-            if self.watch_fd is not None:
-                poller.register(self.watch_fd, zmq.POLLIN)
+            for fd in self.watch_fds:
+                poller.register(fd, zmq.POLLIN)
             next_chore = min(self._last_send + self.heartbeat_interval,
                              self._broker_seen + self.heartbeat_interval * self.liveness)
             timeout = max(0.0, next_chore - time.monotonic())
             events = dict(poller.poll(timeout * 1000))
-            if self.watch_fd is not None and self.watch_fd in events:
+            if any(fd in events for fd in self.watch_fds):
                 log.info("parent process has exited; stopping")
                 return Exit.PARENT_GONE
             if wake_read in events:
@@ -161,13 +163,16 @@ class Agent:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(self.address)
         self._socket = sock
+        sock.connect(self.address)
         self._broker_seen = time.monotonic()
         # Offer the slots that are free now; running tasks return theirs as they finish.
         credit = 0 if self._draining else self.threads - len(self._running)
         self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
                          host=self._host))
+        if self._draining:  # a new broker must hear it too
+            self._drain_confirmed = False
+            self._send(Drain())
 
     def _reconnect(self) -> None:
         log.warning("broker %s silent for %.1fs; reconnecting in %.1fs", self.address,

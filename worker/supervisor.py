@@ -22,16 +22,23 @@ log = logging.getLogger("zeropool.worker")
 QUICK_DEATH = 1.0
 RESTART_DELAY_MAX = 10.0
 STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+REFUSED = 4  # a child's exit code when the broker refused it (worker.agent.Exit.REFUSED)
 
 
-def _child(target: Callable[[], int]) -> None:
+def _child(target: Callable[[int], int], watch_read: int, watch_write: int) -> None:
     os.setpgid(0, 0)
-    os._exit(target())
+    os.close(watch_write)  # only the supervisor holds it: EOF here means it is gone
+    os._exit(target(watch_read))
 
 
-def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = None) -> int:
-    """Run ``target`` in ``processes`` children until signalled; returns an exit code."""
+def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None = None) -> int:
+    """Run ``target(fd)`` in ``processes`` children until signalled; returns an exit code.
+
+    ``fd`` becomes readable when the supervisor dies, even by SIGKILL, so the
+    children (in process groups of their own) never outlive it.
+    """
     context = multiprocessing.get_context("fork")
+    watch_read, watch_write = os.pipe()
     wake_read, wake_write = os.pipe()
     os.set_blocking(wake_write, False)
     signal.set_wakeup_fd(wake_write)
@@ -43,7 +50,8 @@ def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = 
     delay = {"value": 0.0}
 
     def start(slot: int) -> None:
-        process = context.Process(target=_child, args=(target,), name=f"zeropool-worker-{slot}")
+        process = context.Process(target=_child, args=(target, watch_read, watch_write),
+                                  name=f"zeropool-worker-{slot}")
         # The child starts with these blocked and unblocks them once its own
         # handlers are in place, so a signal forwarded early is not lost.
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -58,6 +66,7 @@ def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = 
     log.info("started %d worker processes: %s", processes,
              ", ".join(str(p.pid) for p, _ in children.values()))
     stopping = False
+    exit_code = 0
     try:
         while children:
             waitables = [p.sentinel for p, _ in children.values()] + [wake_read]
@@ -86,6 +95,13 @@ def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = 
                 del children[slot]
                 if stopping:
                     continue
+                if process.exitcode == REFUSED:
+                    log.error("the broker refused worker process %d; stopping them all",
+                              process.pid)
+                    stopping, exit_code = True, REFUSED
+                    for other, _ in children.values():
+                        other.terminate()
+                    continue
                 lived = time.monotonic() - started
                 log.error("worker process %d exited with code %s after %.1fs; restarting it",
                           process.pid, process.exitcode, lived)
@@ -97,6 +113,6 @@ def supervise(processes: int, target: Callable[[], int], watch_fd: int | None = 
                 start(slot)
     finally:
         signal.set_wakeup_fd(-1)
-        os.close(wake_read)
-        os.close(wake_write)
-    return 0
+        for fd in (wake_read, wake_write, watch_read, watch_write):
+            os.close(fd)
+    return exit_code
