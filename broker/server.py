@@ -62,6 +62,7 @@ class Broker:
                  max_message_size: int = defaults.MAX_MESSAGE_SIZE) -> None:
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
+        self.max_message_size = max_message_size
         self.context = zmq.Context()
         self.socket = self.context.socket(zmq.ROUTER)
         # Unroutable sends raise instead of vanishing; a peer that reconnects
@@ -203,7 +204,8 @@ class Broker:
             self._report(expired, "rejoined")
             log.info("worker %s joined (host %s, pid %d, %d slots)", peer_id.hex(), hello.host,
                      hello.pid, hello.credit)
-        self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness))
+        self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness,
+                                    self.max_message_size))
 
     def on_submit(self, client_id: bytes, submit: Submit, payload: list) -> None:
         groups = split_frames([nframes for _, nframes in submit.tasks], payload)

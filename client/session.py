@@ -96,6 +96,7 @@ class Session:
         self._on_close = on_close
         self._heartbeat_interval = defaults.HEARTBEAT_INTERVAL
         self._liveness = defaults.HEARTBEAT_LIVENESS
+        self._max_message_size = defaults.MAX_MESSAGE_SIZE
 
         self._lock = threading.Lock()  # guards _pending across caller threads and the I/O thread
         self._pending: dict[int, _Entry] = {}
@@ -134,6 +135,7 @@ class Session:
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
         frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
+        self._check_size(frames)
         task_id = next(self._task_ids)
         future = TaskFuture(self, task_id)
         with self._lock:
@@ -141,6 +143,15 @@ class Session:
         self._outbox.append(task_id)
         self._waker.wake()
         return future
+
+    def _check_size(self, frames: list) -> None:
+        largest = max(memoryview(frame).nbytes for frame in frames)
+        if largest > self._max_message_size:
+            raise ValueError(
+                f"this call pickles to a frame of {largest:,} bytes, more than the broker "
+                f"accepts ({self._max_message_size:,} bytes, broker --max-message-size); "
+                "nothing was sent. Pass large data another way (a shared file or store), or "
+                "raise the broker's limit.")
 
     def cancel(self, futures: Iterable[TaskFuture]) -> None:
         """Cancel those of ``futures`` that no worker has been given."""
@@ -293,6 +304,7 @@ class Session:
                 elif message.op is Op.WELCOME:
                     self._heartbeat_interval = message.heartbeat_interval
                     self._liveness = message.liveness
+                    self._max_message_size = message.max_message_size
                     self._connected = True
                     self._welcomed.set()
                 elif message.op is Op.REFUSED:

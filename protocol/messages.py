@@ -167,17 +167,22 @@ class Welcome(Message):
     version: int
     heartbeat_interval: float
     liveness: int
+    # The largest frame the broker accepts; peers check theirs before sending,
+    # because ZeroMQ drops an oversized message with its connection, silently.
+    max_message_size: int = 1 << 30
 
     def header(self) -> dict:
         return {"op": self.op.value, "version": self.version,
-                "heartbeat_interval": self.heartbeat_interval, "liveness": self.liveness}
+                "heartbeat_interval": self.heartbeat_interval, "liveness": self.liveness,
+                "max_message_size": self.max_message_size}
 
     @classmethod
     def parse(cls, header: dict) -> Welcome:
         interval = _get(header, "heartbeat_interval", (int, float))
         if not 0 < interval < 3600:
             raise ProtocolError(f"heartbeat_interval out of range: {interval}")
-        return cls(_uint(header, "version"), float(interval), _uint(header, "liveness", 1000))
+        return cls(_uint(header, "version"), float(interval), _uint(header, "liveness", 1000),
+                   _uint(header, "max_message_size"))
 
 
 @dataclass(frozen=True, slots=True)

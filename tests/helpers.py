@@ -123,3 +123,7 @@ def touch_wait_mark(started, gate, finished):
     wait_for_file(gate)
     touch(finished)
     return os.getpid()
+
+
+def make_bytes(n):
+    return b"x" * n

@@ -281,3 +281,15 @@ def test_second_signal_stops_a_worker_at_once_and_its_task_runs_elsewhere(progra
         wait_until(lambda: os.path.exists(started), 30, what="the task to run again")
         helpers.touch(gate)
         assert future.result(timeout=30) == other.pid
+
+
+@pytest.mark.timeout(60)
+def test_oversized_argument_and_result_fail_clearly_and_the_executor_goes_on(programs):
+    _, address = programs.broker("--max-message-size", "100000")
+    programs.worker(address)
+    with client.Executor(address) as ex:
+        with pytest.raises(ValueError, match="more than the broker accepts"):
+            ex.submit(helpers.identity, b"x" * 200_000)
+        with pytest.raises(ValueError, match="result pickles to a frame of"):
+            ex.submit(helpers.make_bytes, 200_000).result(timeout=30)
+        assert ex.submit(helpers.identity, b"y" * 50_000).result(timeout=30) == b"y" * 50_000

@@ -99,7 +99,8 @@ def test_decode_accepts_a_memoryview_header():
 
 def test_welcome_accepts_an_integer_interval_as_float():
     decoded, _ = protocol.decode([pack({"op": "welcome", "version": 1,
-                                        "heartbeat_interval": 2, "liveness": 3})])
+                                        "heartbeat_interval": 2, "liveness": 3,
+                                        "max_message_size": 1 << 30})])
     assert decoded == Welcome(1, 2.0, 3)
     assert type(decoded.heartbeat_interval) is float
 
@@ -113,7 +114,8 @@ def test_hello_role_decodes_as_enum():
 
 HELLO = {"op": "hello", "role": "worker", "version": 1, "credit": 1, "init_frames": 0,
          "pid": 1, "host": ""}
-WELCOME = {"op": "welcome", "version": 1, "heartbeat_interval": 1.0, "liveness": 5}
+WELCOME = {"op": "welcome", "version": 1, "heartbeat_interval": 1.0, "liveness": 5,
+           "max_message_size": 1 << 20}
 REFUSED = {"op": "refused", "reason": "no", "version": 1}
 SUBMIT = {"op": "submit", "tasks": [[1, 1]]}
 CANCEL = {"op": "cancel", "request_id": 1, "task_ids": [1]}

@@ -201,6 +201,7 @@ class Agent:
                 # The broker's heartbeat settings rule: both sides judge liveness alike.
                 self.heartbeat_interval = message.heartbeat_interval
                 self.liveness = message.liveness
+                self._runner.max_message_size = message.max_message_size
                 self._reconnect_delay = defaults.RECONNECT_DELAY
                 log.info("connected to broker %s as %s", self.address, self.worker_id.decode())
             elif message.op is Op.REFUSED:

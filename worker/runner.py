@@ -26,6 +26,8 @@ class Runner:
         self.events: collections.deque = collections.deque()
         self._notify = notify
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        # The broker's limit (from its WELCOME): a larger result becomes an error.
+        self.max_message_size = 1 << 30
         self._init_frames: dict[bytes, list] = {}
         self._init_results: dict[bytes, tuple | None] = {}
         self._init_lock = threading.Lock()
@@ -70,7 +72,13 @@ class Runner:
         except BaseException as exc:
             return dumps_exception(exc)
         del fn, args, kwargs
-        return dumps_result(value)
+        status, frames = dumps_result(value)
+        largest = max(memoryview(frame).nbytes for frame in frames)
+        if largest > self.max_message_size:
+            return dumps_exception(ValueError(
+                f"the task's result pickles to a frame of {largest:,} bytes, more than the "
+                f"broker accepts ({self.max_message_size:,} bytes, broker --max-message-size)"))
+        return status, frames
 
     def _initialize(self, client_id: bytes) -> tuple | None:
         """Run a client's initializer once; its failure answers all its tasks."""
