@@ -20,6 +20,7 @@ import collections
 import itertools
 import logging
 import os
+import pickle
 import socket as socketlib
 import threading
 import time
@@ -423,7 +424,11 @@ class Session:
             try:
                 ok, value = loads_result(status, frames)
             except BaseException as exc:
-                ok, value = False, exc
+                ok, value = False, pickle.UnpicklingError(
+                    f"the task's {'result' if status == Status.OK else 'exception'} could not "
+                    f"be unpickled here: {type(exc).__name__}: {exc} (is every module it "
+                    "needs importable in this process?)")
+                value.__cause__ = exc
             if status == Status.UNPICKLE_FAILED and self._resend_by_value(entry, value):
                 continue
             if not _start(entry.future):

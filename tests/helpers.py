@@ -127,3 +127,25 @@ def touch_wait_mark(started, gate, finished):
 
 def make_bytes(n):
     return b"x" * n
+
+
+def timed_sleep(seconds):
+    """Returns the (start, end) of its run in system-wide monotonic nanoseconds."""
+    start = time.monotonic_ns()
+    time.sleep(seconds)
+    return start, time.monotonic_ns()
+
+
+def _load_only_in(pid):
+    if os.getpid() != pid:
+        raise LookupError("this object loads only in the process that made it")
+    return "loaded"
+
+
+class LoadsOnlyWhereMade:
+    def __reduce__(self):
+        return _load_only_in, (os.getpid(),)
+
+
+def make_unloadable():
+    return LoadsOnlyWhereMade()

@@ -150,3 +150,22 @@ def test_a_bad_address_fails_at_once_with_the_reason():
     with pytest.raises(client.BrokerUnreachable, match="Invalid argument|I/O thread failed"):
         client.Executor("tcp://localhost:notaport")
     assert time.monotonic() - started < 5
+
+
+def test_max_workers_caps_concurrency_at_a_shared_broker(programs, tmp_path):
+    _, address = programs.broker()
+    programs.worker(address, "--processes", "3")
+    with client.Executor(1, address=address) as ex:
+        spans = list(ex.map(helpers.timed_sleep, [0.05] * 6))
+    spans.sort()
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        assert end <= start, "two tasks of a max_workers=1 executor overlapped"
+
+
+def test_calls_of_a_module_workers_cannot_import_travel_by_value(shared_cluster):
+    import importlib.util
+    with client.Executor(shared_cluster) as ex:
+        # The CLI workers have no path to this test package...
+        assert ex.submit(importlib.util.find_spec, "tests").result(timeout=30) is None
+        # ...yet its functions run there: the client resends them by value.
+        assert ex.submit(helpers.add, 2, 3).result(timeout=30) == 5

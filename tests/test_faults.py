@@ -42,9 +42,7 @@ def count_completions(futures):
 
 @pytest.mark.timeout(240)
 def test_random_worker_kills_lose_nothing(programs):
-    # Enough retries that no task is declared poison by bad luck: this test
-    # is about requeueing; the poison rule has its own test.
-    _, address = programs.broker(*FAST, "--max-retries", "50")
+    _, address = programs.broker(*FAST)
     workers = [programs.worker(address, "--log-level", "WARNING") for _ in range(3)]
     stop = threading.Event()
     kills = []
@@ -211,6 +209,11 @@ def test_submit_while_the_broker_is_down_runs_once_it_is_back(programs):
         broker.wait()
         futures = [ex.submit(helpers.square, i) for i in range(50)]
         assert not any(f.done() for f in futures)
+        # Timeouts keep their meaning while no broker is there.
+        with pytest.raises(cf.TimeoutError):
+            futures[0].result(timeout=0.3)
+        done, not_done = cf.wait(futures, timeout=0.3)
+        assert not done and len(not_done) == 50
         programs.broker(*FAST, bind=address)
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(50)]
 
@@ -293,3 +296,12 @@ def test_oversized_argument_and_result_fail_clearly_and_the_executor_goes_on(pro
         with pytest.raises(ValueError, match="result pickles to a frame of"):
             ex.submit(helpers.make_bytes, 200_000).result(timeout=30)
         assert ex.submit(helpers.identity, b"y" * 50_000).result(timeout=30) == b"y" * 50_000
+
+
+def test_result_that_cannot_be_unpickled_at_the_client_is_a_clear_error(shared_cluster):
+    import pickle
+    with client.Executor(shared_cluster) as ex:
+        with pytest.raises(pickle.UnpicklingError, match="could not be unpickled here") as info:
+            ex.submit(helpers.make_unloadable).result(timeout=30)
+        assert isinstance(info.value.__cause__, LookupError)
+        assert ex.submit(helpers.square, 4).result(timeout=30) == 16
