@@ -16,6 +16,7 @@ msgpack headers and never imports the pickling code.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -258,6 +259,7 @@ class Broker:
         if dropped:
             log.warning("client %s %s; dropped its %d queued task(s)", client_id.hex(), why,
                         dropped)
+            _return_memory_to_the_system()
         else:
             log.info("client %s %s", client_id.hex(), why)
 
@@ -312,6 +314,8 @@ class Broker:
         for client_id, dropped in expired.clients:
             log.warning("client %s silent for %.1fs; dropped its %d queued task(s)",
                         client_id.hex(), self.state.peer_timeout, dropped)
+        if any(dropped for _, dropped in expired.clients):
+            _return_memory_to_the_system()
         self._report(expired, "silent for %.1fs" % self.state.peer_timeout)
         self._flush()
 
@@ -342,6 +346,15 @@ class Broker:
         elif self._complaints == MAX_COMPLAINTS_PER_INTERVAL + 1:
             log.warning("more bad messages this interval; not logging them")
         self._send(peer_id, Error(code, text[:1000]))
+
+
+def _return_memory_to_the_system() -> None:
+    """After dropping a big queue: glibc keeps freed small blocks in its heap
+    otherwise, and a long-lived broker should shrink back to its idle size."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _main_thread() -> bool:

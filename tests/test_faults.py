@@ -152,7 +152,8 @@ def test_draining_worker_finishes_its_tasks_and_nothing_runs_twice(programs, tmp
 def test_dead_clients_queue_is_dropped(programs, tmp_path):
     log_path = tmp_path / "broker.log"
     with open(log_path, "w") as log:
-        _, address = programs.broker(*FAST, stderr=log)
+        broker, address = programs.broker(*FAST, stderr=log)
+    idle = helpers.rss_kib(broker.pid)
     runs = tmp_path / "runs"
     runs.mkdir()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +161,8 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
         import client, time
         from tests import helpers
         ex = client.Executor({address!r})
-        fs = [ex.submit(helpers.record_run, {str(runs)!r}, i) for i in range(20000)]
+        fs = [ex.submit(helpers.record_run_padded, {str(runs)!r}, i, b"x" * 2000)
+              for i in range(20000)]
         # cancel() is answered by the broker after it has taken every task before it.
         assert fs[-1].cancel()
         print("queued", flush=True)
@@ -170,10 +172,15 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
                               text=True, env=dict(os.environ, PYTHONPATH=root))
     try:
         assert doomed.stdout.readline().strip() == "queued"
+        peak = helpers.rss_kib(broker.pid)
+        assert peak - idle > 20_000  # 20,000 queued tasks of 2 kB each
         doomed.kill()
         doomed.wait()
         wait_until(lambda: "dropped its 19999 queued task(s)" in log_path.read_text(), 30,
                    what="the broker to drop the dead client")
+        # Its memory goes back to (nearly) the idle level.
+        wait_until(lambda: helpers.rss_kib(broker.pid) - idle < (peak - idle) / 4, 10,
+                   what="the broker's memory to return to its idle level")
         programs.worker(address, "--log-level", "WARNING")
         with client.Executor(address) as ex:
             assert ex.submit(helpers.square, 3).result(timeout=30) == 9
