@@ -20,7 +20,6 @@ import pytest
 
 import client
 from tests import helpers
-from tests.conftest import alive
 from tests.helpers import wait_until
 
 FAST = ("--heartbeat-interval", "0.2", "--liveness", "5", "--log-level", "WARNING")

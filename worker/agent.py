@@ -25,7 +25,7 @@ import time
 import zmq
 
 from protocol import (
-    PROTOCOL_VERSION, Bye, Dispatch, Drain, Error, Heartbeat, Hello, Op, ProtocolError, Refused, Role,
+    PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
     WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults

@@ -47,7 +47,7 @@ def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None
     signal.signal(signal.SIGINT, lambda signum, frame: signals.append(signum))
 
     children: dict[int, tuple[multiprocessing.Process, float]] = {}
-    delay = {"value": 0.0}
+    delay = 0.0
 
     def start(slot: int) -> None:
         process = context.Process(target=_child, args=(target, watch_read, watch_write),
@@ -106,10 +106,10 @@ def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None
                 log.error("worker process %d exited with code %s after %.1fs; restarting it",
                           process.pid, process.exitcode, lived)
                 if lived < QUICK_DEATH:
-                    delay["value"] = min(max(delay["value"] * 2, 0.1), RESTART_DELAY_MAX)
-                    time.sleep(delay["value"])  # back-off against a crash loop
+                    delay = min(max(delay * 2, 0.1), RESTART_DELAY_MAX)
+                    time.sleep(delay)  # back-off against a crash loop
                 else:
-                    delay["value"] = 0.0
+                    delay = 0.0
                 start(slot)
     finally:
         signal.set_wakeup_fd(-1)
