@@ -124,9 +124,10 @@ class Session:
         self._thread.start()
         _live_sessions.add(self)
         if not self._welcomed.wait(connect_timeout) or not self._connected:
+            failure = self.broken  # before close(), which sets its own once the thread ends
             self.close(wait=False, force=True)
-            if self.broken is not None:
-                raise self.broken
+            if failure is not None:
+                raise failure
             raise BrokerUnreachable(
                 f"no broker answered at {address} within {connect_timeout:g}s; check that "
                 "a broker is running there (broker --bind ...) and reachable from this host, "
