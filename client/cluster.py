@@ -17,8 +17,6 @@ import tempfile
 
 log = logging.getLogger("zeropool.client")
 
-# How long the broker may take to start listening before we give up.
-BROKER_START_TIMEOUT = 30.0
 # How long processes get to exit after the watch pipe closes before SIGKILL.
 STOP_TIMEOUT = 5.0
 
@@ -69,10 +67,6 @@ class LocalCluster:
         self._processes.append(subprocess.Popen(
             argv, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL,
             pass_fds=(self._watch_read, *extra_fds)))
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._processes]
 
     def close(self) -> None:
         """Stop every process of the cluster and wait for them."""

@@ -54,7 +54,6 @@ class Executor(_BaseExecutor):
             address, cap = self._cluster.address, None
         else:
             cap = max_workers
-        self._max_workers = max_workers
         try:
             self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
                                     connect_timeout=connect_timeout,
