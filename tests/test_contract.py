@@ -319,7 +319,7 @@ def test_failing_initializer_breaks_the_executor(kind):
             for i in range(5):
                 futures.append(ex.submit(helpers.square, i))
         except cf.BrokenExecutor:
-            assert kind == "process"  # the stdlib pool may break while we submit
+            pass  # any pool may see the failure before the loop ends; the rest must hold
         assert futures
         for future in futures:
             with pytest.raises(cf.BrokenExecutor):
