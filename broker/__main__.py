@@ -1,15 +1,19 @@
-"""Command line: ``broker --bind tcp://127.0.0.1:5555`` (also ``python -m broker``)."""
+"""Command line: ``broker --bind tcp://127.0.0.1:5555`` (also ``python -m broker``),
+and ``broker keygen DIR --name NAME`` to make CURVE keys."""
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
 import signal
 import sys
+from urllib.parse import urlsplit
 
 import zmq
 
 from protocol import defaults
+from protocol.security import keygen, load_key_pair
 
 log = logging.getLogger("zeropool.broker")
 
@@ -20,25 +24,61 @@ RET_BIND = 3  # the address could not be bound
 DEFAULT_BIND = "tcp://127.0.0.1:5555"
 
 
+def _env(name: str, default, kind=str):
+    value = os.environ.get(name)
+    if not value:
+        return default
+    try:
+        return kind(value)
+    except ValueError:
+        sys.exit(f"broker: ${name}={value!r} is not a valid {kind.__name__}")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes", "on")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="broker", description="The zeropool broker: queues submitted calls and hands "
-        "them to the workers attached to it. Clients and workers connect to the same address.")
+        "them to the workers attached to it. Clients and workers connect to the same address.",
+        epilog="Other commands: 'broker keygen DIR --name NAME' writes CURVE key pairs "
+        "(see 'broker keygen --help').")
     p.add_argument("--bind", default=os.environ.get("ZEROPOOL_BIND", DEFAULT_BIND),
                    help="ZeroMQ address to listen on; a port of * picks a free one "
                    f"(default: $ZEROPOOL_BIND or {DEFAULT_BIND})")
-    p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL,
-                   metavar="SECONDS",
-                   help=f"seconds between heartbeats (default: {defaults.HEARTBEAT_INTERVAL})")
-    p.add_argument("--liveness", type=int, default=defaults.HEARTBEAT_LIVENESS,
+    p.add_argument("--heartbeat-interval", type=float, metavar="SECONDS",
+                   default=_env("ZEROPOOL_HEARTBEAT_INTERVAL", defaults.HEARTBEAT_INTERVAL,
+                                float),
+                   help="seconds between heartbeats; workers and clients adopt it "
+                   f"(default: $ZEROPOOL_HEARTBEAT_INTERVAL or {defaults.HEARTBEAT_INTERVAL})")
+    p.add_argument("--liveness", type=int,
+                   default=_env("ZEROPOOL_LIVENESS", defaults.HEARTBEAT_LIVENESS, int),
                    help="heartbeats a peer may miss before it is declared dead "
-                   f"(default: {defaults.HEARTBEAT_LIVENESS})")
-    p.add_argument("--max-retries", type=int, default=defaults.MAX_TASK_RETRIES,
+                   f"(default: $ZEROPOOL_LIVENESS or {defaults.HEARTBEAT_LIVENESS})")
+    p.add_argument("--max-retries", type=int,
+                   default=_env("ZEROPOOL_MAX_RETRIES", defaults.MAX_TASK_RETRIES, int),
                    help="dead workers a task may take down before it fails as a poison task "
-                   f"(default: {defaults.MAX_TASK_RETRIES})")
-    p.add_argument("--max-message-size", type=int, default=defaults.MAX_MESSAGE_SIZE,
-                   metavar="BYTES",
-                   help=f"largest message accepted (default: {defaults.MAX_MESSAGE_SIZE})")
+                   f"(default: $ZEROPOOL_MAX_RETRIES or {defaults.MAX_TASK_RETRIES})")
+    p.add_argument("--max-message-size", type=int, metavar="BYTES",
+                   default=_env("ZEROPOOL_MAX_MESSAGE_SIZE", defaults.MAX_MESSAGE_SIZE, int),
+                   help="largest message accepted "
+                   f"(default: $ZEROPOOL_MAX_MESSAGE_SIZE or {defaults.MAX_MESSAGE_SIZE})")
+    p.add_argument("--curve-secret-key", metavar="FILE",
+                   default=os.environ.get("ZEROPOOL_CURVE_SECRET_KEY"),
+                   help="the broker's .key_secret file (from 'broker keygen'): encrypt every "
+                   "connection and admit only peers whose key is in --authorized-keys "
+                   "(default: $ZEROPOOL_CURVE_SECRET_KEY; none: no authentication)")
+    p.add_argument("--authorized-keys", metavar="DIR",
+                   default=os.environ.get("ZEROPOOL_AUTHORIZED_KEYS"),
+                   help="directory of the public .key files of the workers and clients "
+                   "allowed in; files added or removed take effect within one heartbeat "
+                   "interval, and a peer whose key is removed is refused and disconnected "
+                   "(default: $ZEROPOOL_AUTHORIZED_KEYS)")
+    p.add_argument("--insecure", action="store_true", default=_env_flag("ZEROPOOL_INSECURE"),
+                   help="allow binding a non-loopback address without CURVE keys: anyone "
+                   "who can reach it can run code on the workers (default: $ZEROPOOL_INSECURE "
+                   "or off)")
     p.add_argument("--log-level", default=os.environ.get("ZEROPOOL_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (default: $ZEROPOOL_LOG_LEVEL or INFO)")
@@ -52,16 +92,78 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def keygen_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="broker keygen", description="Write CURVE key pairs for a broker, its workers "
+        "and its clients: NAME.key (the public key, to copy into the broker's "
+        "--authorized-keys directory or, for the broker's own, to give to peers) and "
+        "NAME.key_secret (the pair; keep it private, readable only by its owner).")
+    p.add_argument("directory", metavar="DIR", help="directory to write into (created)")
+    p.add_argument("--name", action="append", required=True,
+                   help="name of a key pair, e.g. broker, worker, client; repeatable")
+    return p
+
+
+def keygen_main(argv: list[str]) -> int:
+    args = keygen_parser().parse_args(argv)
+    for name in args.name:
+        try:
+            public, secret = keygen(args.directory, name)
+        except (OSError, ValueError) as exc:
+            print(f"broker keygen: {exc}", file=sys.stderr)
+            return 1
+        print(f"wrote {public} and {secret}")
+    return 0
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ bind address can only be reached from this host."""
+    parts = urlsplit(address)
+    if parts.scheme in ("ipc", "inproc"):
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # '*', an interface name or a host name
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "keygen":
+        return keygen_main(argv[1:])
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.curve_secret_key is None) != (args.authorized_keys is None):
+        p.error("CURVE needs both --curve-secret-key and --authorized-keys")
+    curve = None
+    if args.curve_secret_key:
+        try:
+            curve = load_key_pair(args.curve_secret_key)
+        except ValueError as exc:
+            p.error(str(exc))
+        if not os.path.isdir(args.authorized_keys):
+            p.error(f"--authorized-keys {args.authorized_keys} is not a directory")
+    elif not is_loopback(args.bind) and not args.insecure:
+        p.error(f"refusing to bind {args.bind} without keys: anyone who can reach it could "
+                "run code on the workers. Make keys with 'broker keygen keys --name broker "
+                "--name worker --name client', copy the peers' .key files into a directory "
+                "and pass --curve-secret-key keys/broker.key_secret --authorized-keys DIR; "
+                "or bind 127.0.0.1; or pass --insecure on a network you trust")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if curve is None and not is_loopback(args.bind):
+        log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can "
+                    "reach it can run code on the workers", args.bind)
     from broker.server import Broker  # after logging is set up
 
     try:
         broker = Broker(args.bind, heartbeat_interval=args.heartbeat_interval,
                         liveness=args.liveness, max_retries=args.max_retries,
-                        max_message_size=args.max_message_size)
+                        max_message_size=args.max_message_size, curve_key_pair=curve,
+                        authorized_keys=args.authorized_keys)
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", args.bind, exc)
         return RET_BIND

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from broker.auth import KeyRing, ZapHandler
 from broker.state import BrokerState, Expired
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
@@ -34,6 +35,7 @@ from protocol import (
     split_frames,
 )
 from protocol import defaults
+from protocol.security import key_id
 
 log = logging.getLogger("zeropool.broker")
 
@@ -60,12 +62,29 @@ class Broker:
     def __init__(self, bind: str, *, heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
                  liveness: int = defaults.HEARTBEAT_LIVENESS,
                  max_retries: int = defaults.MAX_TASK_RETRIES,
-                 max_message_size: int = defaults.MAX_MESSAGE_SIZE) -> None:
+                 max_message_size: int = defaults.MAX_MESSAGE_SIZE,
+                 curve_key_pair: tuple[bytes, bytes] | None = None,
+                 authorized_keys: str | None = None) -> None:
+        """With ``curve_key_pair`` (Z85 public, secret) and ``authorized_keys`` (a
+        directory of public key files) every connection is encrypted and only
+        peers whose key is in the directory get in."""
+        if (curve_key_pair is None) != (authorized_keys is None):
+            raise ValueError("CURVE needs both the broker's key pair and a directory of "
+                             "authorized keys")
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.max_message_size = max_message_size
         self.context = zmq.Context()
+        self.zap: ZapHandler | None = None
+        # Which key each peer said HELLO with, to refuse it when its key is revoked.
+        self._peer_keys: dict[bytes, bytes] = {}
+        if authorized_keys is not None:
+            # Before any socket listens: libzmq sends every handshake here.
+            self.zap = ZapHandler(self.context, KeyRing(authorized_keys))
         self.socket = self.context.socket(zmq.ROUTER)
+        if curve_key_pair is not None:
+            self.socket.curve_server = True
+            self.socket.curve_publickey, self.socket.curve_secretkey = curve_key_pair
         # Unroutable sends raise instead of vanishing; a peer that reconnects
         # with its id takes over the old connection.
         self.socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -98,6 +117,8 @@ class Broker:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+        if self.zap is not None:
+            self.zap.close()
         self.context.term()
 
     # -- the loop ----------------------------------------------------------
@@ -114,8 +135,11 @@ class Broker:
         poller.register(wake_read, zmq.POLLIN)
         if watch_fd is not None:
             poller.register(watch_fd, zmq.POLLIN)
+        if self.zap is not None:
+            poller.register(self.zap.socket, zmq.POLLIN)
         next_chores = time.monotonic() + self.heartbeat_interval
-        log.info("broker listening on %s (protocol %d)", self.address, PROTOCOL_VERSION)
+        log.info("broker listening on %s (protocol %d, %s)", self.address, PROTOCOL_VERSION,
+                 "CURVE: authorized keys only" if self.zap else "no authentication")
         try:
             while not self._stopping:
                 timeout = max(0.0, next_chores - time.monotonic())
@@ -125,6 +149,8 @@ class Broker:
                     break
                 if wake_read in events:
                     os.read(wake_read, 512)
+                if self.zap is not None and self.zap.socket in events:
+                    self.zap.handle()
                 if self.socket in events:
                     self._read_all()
                 self._dispatch()
@@ -133,6 +159,8 @@ class Broker:
                 if now >= next_chores:
                     self._send_heartbeats()
                     self._expire(now)
+                    if self.zap is not None:
+                        self._reload_keys()
                     self._complaints = 0
                     next_chores = now + self.heartbeat_interval
             self._say_goodbye()
@@ -151,6 +179,9 @@ class Broker:
             except zmq.Again:
                 return
             peer_id = frames[0].bytes
+            if len(frames) < 2:
+                self._complain(peer_id, "bad_message", "an empty message")
+                continue
             try:
                 self._handle(peer_id, frames[1:])
             except ProtocolError as exc:
@@ -166,6 +197,8 @@ class Broker:
                 raise
             message = None
         if message is not None and message.op is Op.HELLO:
+            if self.zap is not None and not self._key_still_valid(peer_id, frames[0]):
+                return
             return self.on_hello(peer_id, message, payload, now)
         if role is None:
             # Also a peer this broker declared dead, or one from before a restart
@@ -177,6 +210,41 @@ class Broker:
         if handler is None:
             raise ProtocolError(f"a {role} may not send {message.op.value}")
         handler(self, peer_id, message, payload)
+
+    def _key_still_valid(self, peer_id: bytes, frame: zmq.Frame) -> bool:
+        """Whether the key this connection authenticated with is still authorized
+        (it may have been removed since the handshake)."""
+        try:
+            public_key = frame.get("User-Id").encode()
+        except (zmq.ZMQError, AttributeError):  # no CURVE identity on this message
+            public_key = b""
+        if public_key in self.zap.keys:
+            self._peer_keys[peer_id] = public_key
+            return True
+        log.warning("refused peer %s at %s: its key %s was removed from the authorized keys",
+                    peer_id.hex(), frame.get("Peer-Address"), key_id(public_key))
+        self._send(peer_id, Refused(f"this peer's key {key_id(public_key)} is no longer "
+                                    "authorized by the broker", PROTOCOL_VERSION))
+        return False
+
+    def _reload_keys(self) -> None:
+        self.zap.refusals = 0
+        revoked = self.zap.keys.refresh()
+        for peer_id, public_key in list(self._peer_keys.items()):
+            role = self.state.role_of(peer_id)
+            if role is None:
+                del self._peer_keys[peer_id]  # gone by other means
+            elif public_key in revoked:
+                del self._peer_keys[peer_id]
+                log.warning("%s %s refused: its key %s was revoked", role, peer_id.hex(),
+                            key_id(public_key))
+                self._send(peer_id, Refused(f"this peer's key {key_id(public_key)} was "
+                                            "revoked by the broker", PROTOCOL_VERSION))
+                if role == "worker":
+                    self._report(self.state.remove_worker(peer_id, lost=True), "revoked")
+                else:
+                    self._forget_client(peer_id, "was revoked")
+        self._flush()
 
     # -- handlers ----------------------------------------------------------
 

@@ -5,6 +5,7 @@ from client.errors import (
     BrokerUnreachable, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
 )
 from client.executor import Executor
+from protocol.security import Security
 
 __all__ = ["BrokerUnreachable", "Executor", "InitializerError", "RemoteError",
-           "RemoteTraceback", "WorkerLostError"]
+           "RemoteTraceback", "Security", "WorkerLostError"]

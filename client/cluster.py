@@ -37,7 +37,9 @@ class LocalCluster:
         self._watch_read, self._watch_write = os.pipe()
         self._cwd = tempfile.mkdtemp(prefix="zeropool-")
         self._processes: list[subprocess.Popen] = []
-        env = dict(os.environ)
+        # The embedded programs are configured by their command lines alone: a
+        # user's settings for a remote broker (address, keys...) must not leak in.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ZEROPOOL_")}
         # Modules importable here are importable in the workers, after their own paths.
         env["ZEROPOOL_PATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self._env = env

@@ -14,6 +14,9 @@ from client.cluster import LocalCluster
 from client.session import Session, TaskFuture
 from protocol import defaults
 from protocol.payload import dumps, run_chunk
+from protocol.security import Security
+
+ENV_ADDRESS = "ZEROPOOL_ADDRESS"
 
 __all__ = ["Executor"]
 
@@ -21,14 +24,21 @@ __all__ = ["Executor"]
 class Executor(_BaseExecutor):
     """Runs calls on zeropool workers; a drop-in for ``ProcessPoolExecutor``.
 
-    With no ``address`` it starts an embedded local cluster: a broker and
-    ``max_workers`` worker processes (default ``os.cpu_count()``) on loopback,
-    stopped on shutdown, at interpreter exit, or when this process dies.
+    With no ``address`` (and no ``$ZEROPOOL_ADDRESS``) it starts an embedded
+    local cluster: a broker and ``max_workers`` worker processes (default
+    ``os.cpu_count()``) on loopback, stopped on shutdown, at interpreter exit,
+    or when this process dies.
 
-    With ``address`` (a running broker; also accepted as the first argument)
-    it uses every worker attached to that broker; ``max_workers`` then caps
-    how many of this executor's tasks may be queued or running at the broker
-    at once (default: no cap).
+    With ``address`` (a running broker; also accepted as the first argument,
+    or taken from ``$ZEROPOOL_ADDRESS``) it uses every worker attached to that
+    broker; ``max_workers`` then caps how many of this executor's tasks may be
+    queued or running at the broker at once (default: no cap).
+
+    ``security``: for a broker with CURVE on, a ``Security`` holding the
+    broker's public key and this client's key pair, e.g.
+    ``Security.from_files("keys/broker.key", "keys/client.key_secret")``;
+    by default taken from ``$ZEROPOOL_CURVE_SERVER_KEY`` and
+    ``$ZEROPOOL_CURVE_KEY`` when they are set.
 
     ``initializer(*initargs)`` runs once in each worker process before that
     worker runs this executor's first task; if it raises, the executor breaks
@@ -37,9 +47,17 @@ class Executor(_BaseExecutor):
 
     def __init__(self, max_workers: int | str | None = None, *, address: str | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: tuple = (),
-                 connect_timeout: float = defaults.CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = defaults.CONNECT_TIMEOUT,
+                 security: Security | None = None) -> None:
         if isinstance(max_workers, str) and address is None:
             address, max_workers = max_workers, None
+        if address is None:
+            address = os.environ.get(ENV_ADDRESS) or None
+        if security is not None and not isinstance(security, Security):
+            raise TypeError(f"security must be a client.Security, not {type(security).__name__}")
+        if address is None and security is not None:
+            raise ValueError("security applies to a broker given by address; the embedded "
+                             "cluster listens on loopback only and needs none")
         if max_workers is not None:
             if not isinstance(max_workers, int) or isinstance(max_workers, bool):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
@@ -54,9 +72,11 @@ class Executor(_BaseExecutor):
             address, cap = self._cluster.address, None
         else:
             cap = max_workers
+            if security is None:
+                security = Security.from_environment()
         try:
             self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
-                                    connect_timeout=connect_timeout,
+                                    connect_timeout=connect_timeout, security=security,
                                     on_close=self._cluster.close if self._cluster else None)
         except BaseException:
             if self._cluster is not None:

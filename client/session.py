@@ -38,6 +38,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.payload import dumps_call, loads_result, send_module_by_value
+from protocol.security import HandshakeWatch, Security
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -86,8 +87,10 @@ class Session:
     def __init__(self, address: str, *, init_frames: list = (),
                  max_in_flight: int | None = None,
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
+                 security: Security | None = None,
                  on_close: Callable[[], None] | None = None) -> None:
         self.address = address
+        self._security = security
         host = socketlib.gethostname()[:64]
         self.client_id = f"c-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
         self._host = host
@@ -116,6 +119,7 @@ class Session:
 
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
+        self._handshake: HandshakeWatch | None = None
         self._broker_seen = 0.0
         self._last_send = 0.0
         # Since when the broker has said it has no worker at all (None: it has some).
@@ -207,8 +211,7 @@ class Session:
             self._fail_all(self.broken)
             for request in list(self._cancels.values()):
                 request.done.set()
-            if self._socket is not None:
-                self._socket.close(linger=0)
+            self._close_socket()
             self._context.destroy(linger=0)  # also closes a socket left half-made
             _live_sessions.discard(self)
             if self._on_close is not None:
@@ -221,9 +224,18 @@ class Session:
         lost_since: float | None = None
         while True:
             poller.register(self._socket, zmq.POLLIN)
+            poller.register(self._handshake.monitor, zmq.POLLIN)
             deadline = min(self._last_send + self._heartbeat_interval,
                            self._broker_seen + self._heartbeat_interval * self._liveness)
             events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            if self._handshake.monitor in events:
+                failure = self._handshake.failure()
+                if failure is not None:
+                    # Keys do not mend themselves: waiting would only turn this
+                    # into a timeout that hides the reason.
+                    self._refused = failure
+                    log.error("cannot connect to the broker at %s: %s", self.address, failure)
+                    return
             if self._socket in events:
                 self._read_all()
                 if self._refused is not None:
@@ -251,6 +263,7 @@ class Session:
                         "task did not complete"))
                     return
                 poller.unregister(self._socket)
+                poller.unregister(self._handshake.monitor)
                 self._reconnect()
             else:
                 if self._connected:
@@ -264,7 +277,10 @@ class Session:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
+        if self._security is not None:
+            self._security.apply(sock)
         self._socket = sock
+        self._handshake = HandshakeWatch(sock, self._security)
         sock.connect(self.address)
         self._broker_seen = time.monotonic()
         self._send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=len(self._init_frames),
@@ -273,7 +289,7 @@ class Session:
     def _reconnect(self) -> None:
         log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
                     self.address, self._heartbeat_interval * self._liveness, len(self._pending))
-        self._socket.close(linger=0)
+        self._close_socket()
         self._connected = False
         # Unanswered cancels: nothing was cancelled as far as we know; the
         # tasks are resubmitted and run.
@@ -289,6 +305,14 @@ class Session:
         self._unsent = collections.deque(sorted(self._unsent))
         self._open = 0
         self._connect()
+
+    def _close_socket(self) -> None:
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
 
     def _read_all(self) -> None:
         while True:

@@ -105,6 +105,15 @@ def programs(tmp_path):
     programs.stop_all()
 
 
+@pytest.fixture
+def gate(tmp_path):
+    """A file path that blocked tasks wait for; created at teardown at the latest."""
+    path = str(tmp_path / "release")
+    yield path
+    with open(path, "a"):
+        pass
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """Every test ends with no process it started still running (processes of

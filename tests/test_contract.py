@@ -37,14 +37,6 @@ def executor(kind):
     ex.shutdown(wait=True, cancel_futures=True)
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A file path that blocked tasks wait for; created at teardown at the latest."""
-    path = str(tmp_path / "release")
-    yield path
-    helpers.touch(path)
-
-
 def test_is_an_executor_and_futures_are_futures(executor):
     assert isinstance(executor, cf.Executor)
     future = executor.submit(helpers.square, 7)

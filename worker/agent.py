@@ -29,6 +29,7 @@ from protocol import (
     WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults
+from protocol.security import HandshakeWatch, Security
 from protocol.waker import Waker
 from worker.runner import Runner
 
@@ -52,8 +53,10 @@ class Agent:
                  heartbeat_interval: float = defaults.HEARTBEAT_INTERVAL,
                  liveness: int = defaults.HEARTBEAT_LIVENESS,
                  max_message_size: int = defaults.MAX_MESSAGE_SIZE,
-                 watch_fds: tuple[int, ...] = ()) -> None:
+                 watch_fds: tuple[int, ...] = (),
+                 security: Security | None = None) -> None:
         self.address = address
+        self.security = security
         self.threads = threads
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
@@ -66,6 +69,7 @@ class Agent:
         self._host = host
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
+        self._handshake: HandshakeWatch | None = None
         self._waker = Waker()
         self._runner = Runner(threads, self._waker.wake)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
@@ -104,8 +108,7 @@ class Agent:
             os.close(wake_read)
             os.close(wake_write)
             self._runner.stop()
-            if self._socket is not None:
-                self._socket.close(linger=0)
+            self._close_socket()
             self._context.destroy(linger=0)  # also closes a socket left half-made
 
     def _serve(self, wake_read: int) -> Exit:
@@ -116,6 +119,7 @@ class Agent:
             poller.register(self._socket, zmq.POLLIN)
             poller.register(self._waker.fd, zmq.POLLIN)
             poller.register(wake_read, zmq.POLLIN)
+            poller.register(self._handshake.monitor, zmq.POLLIN)
             for fd in self.watch_fds:
                 poller.register(fd, zmq.POLLIN)
             next_chore = min(self._last_send + self.heartbeat_interval,
@@ -131,6 +135,13 @@ class Agent:
                 log.info("stopping at once; %d running task(s) will be requeued by the broker",
                          len(self._running))
                 return Exit.OK
+            if self._handshake.monitor in events:
+                failure = self._handshake.failure()
+                if failure:
+                    # Keys may be fixed while we wait (a key added to the broker's
+                    # directory), so keep trying, at the reconnect back-off.
+                    log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
+                    self._broker_seen = 0.0
             if self._socket in events:
                 outcome = self._read_all()
                 if outcome is not None:
@@ -163,7 +174,10 @@ class Agent:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.LINGER, 0)
+        if self.security is not None:
+            self.security.apply(sock)
         self._socket = sock
+        self._handshake = HandshakeWatch(sock, self.security)
         sock.connect(self.address)
         self._broker_seen = time.monotonic()
         # Offer the slots that are free now; running tasks return theirs as they finish.
@@ -175,13 +189,21 @@ class Agent:
             self._send(Drain())
 
     def _reconnect(self) -> None:
-        log.warning("broker %s silent for %.1fs; reconnecting in %.1fs", self.address,
-                    self.heartbeat_interval * self.liveness, self._reconnect_delay)
-        self._socket.close(linger=0)
-        self._socket = None
+        if self._broker_seen:
+            log.warning("broker %s silent for %.1fs; reconnecting in %.1fs", self.address,
+                        self.heartbeat_interval * self.liveness, self._reconnect_delay)
+        self._close_socket()
         time.sleep(self._reconnect_delay)  # bounded back-off between attempts, not a poll
         self._reconnect_delay = min(self._reconnect_delay * 2, defaults.RECONNECT_DELAY_MAX)
         self._connect()
+
+    def _close_socket(self) -> None:
+        if self._handshake is not None:
+            self._handshake.close()
+            self._handshake = None
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
 
     def _read_all(self) -> Exit | None:
         while True:
@@ -250,5 +272,11 @@ class Agent:
             self._send(WorkerResults(results, [list(k) for k in started], credit), payload)
 
     def _send(self, message, payload: list = ()) -> None:
-        self._socket.send_multipart(encode(message, payload), copy=False)
+        try:
+            self._socket.send_multipart(encode(message, payload), zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            # No high-water mark, so only a connection ZeroMQ gave up on (a
+            # refused handshake) lands here: start over on a new one. The broker
+            # requeues whatever this worker held.
+            self._broker_seen = 0.0
         self._last_send = time.monotonic()
