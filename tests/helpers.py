@@ -162,3 +162,20 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise LookupError(pid)
+
+
+class NeedsMissingModule:
+    """Unpickles by importing a module that exists nowhere."""
+
+    def __reduce__(self):
+        import importlib
+        return importlib.import_module, ("zeropool_test_no_such_module",)
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("Unpicklable objects refuse to be pickled")
+
+
+def make_unpicklable():
+    return Unpicklable()

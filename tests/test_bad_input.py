@@ -1,0 +1,61 @@
+"""Bad input costs only its own task: each case gives its documented error,
+and the next task on the same executor succeeds."""
+from __future__ import annotations
+
+import os
+import pickle
+
+import pytest
+import zmq
+
+import client
+from protocol import PROTOCOL_VERSION, Hello, Op, Role, decode, encode
+from tests import helpers
+
+
+@pytest.fixture(scope="module")
+def executor(shared_cluster):
+    with client.Executor(shared_cluster) as ex:
+        yield ex
+
+
+def next_task_succeeds(ex) -> None:
+    assert ex.submit(helpers.square, 12).result(timeout=30) == 144
+
+
+def test_unpicklable_argument_raises_at_submit_and_sends_nothing(executor):
+    with pytest.raises(TypeError, match="refuse to be pickled"):
+        executor.submit(helpers.identity, helpers.Unpicklable())
+    next_task_succeeds(executor)
+
+
+def test_unpicklable_result_fails_its_future_and_the_worker_lives_on(executor):
+    future = executor.submit(helpers.make_unpicklable)
+    with pytest.raises(pickle.PicklingError,
+                       match="result of type Unpicklable could not be pickled: TypeError"):
+        future.result(timeout=30)
+    next_task_succeeds(executor)
+
+
+def test_module_the_worker_cannot_import_fails_with_its_error_and_traceback(executor):
+    with pytest.raises(ModuleNotFoundError) as info:
+        executor.submit(helpers.identity, helpers.NeedsMissingModule()).result(timeout=30)
+    assert info.value.name == "zeropool_test_no_such_module"
+    assert "Traceback" in str(info.value.__cause__)
+    next_task_succeeds(executor)
+
+
+def test_wrong_protocol_version_is_refused_with_the_brokers_version(executor, shared_cluster):
+    context = zmq.Context()
+    try:
+        sock = context.socket(zmq.DEALER)
+        sock.connect(shared_cluster)
+        sock.send_multipart(encode(Hello(Role.CLIENT, PROTOCOL_VERSION + 41, pid=os.getpid(),
+                                         host="old")))
+        assert sock.poll(30_000), "no answer to a HELLO of another version"
+        reply, _ = decode(sock.recv_multipart(copy=False))
+        assert reply.op is Op.REFUSED and reply.version == PROTOCOL_VERSION
+        assert f"speaks zeropool protocol {PROTOCOL_VERSION}" in reply.reason
+    finally:
+        context.destroy(linger=0)
+    next_task_succeeds(executor)
