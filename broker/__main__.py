@@ -1,9 +1,11 @@
 """Command line: ``broker --bind tcp://127.0.0.1:5555`` (also ``python -m broker``),
-and ``broker keygen DIR --name NAME`` to make CURVE keys."""
+``broker keygen DIR --name NAME`` to make CURVE keys, and ``broker status
+ADDRESS`` to see what a running broker is doing."""
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import json
 import logging
 import os
 import signal
@@ -13,7 +15,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from protocol import defaults
-from protocol.security import keygen, load_key_pair
+from protocol.security import ENV_KEY, ENV_SERVER_KEY, Security, keygen, load_key_pair
 
 log = logging.getLogger("zeropool.broker")
 
@@ -42,8 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="broker", description="The zeropool broker: queues submitted calls and hands "
         "them to the workers attached to it. Clients and workers connect to the same address.",
-        epilog="Other commands: 'broker keygen DIR --name NAME' writes CURVE key pairs "
-        "(see 'broker keygen --help').")
+        epilog="Other commands: 'broker status ADDRESS' shows a running broker's workers, "
+        "clients and queue; 'broker keygen DIR --name NAME' writes CURVE key pairs (see "
+        "'broker status --help', 'broker keygen --help').")
     p.add_argument("--bind", default=os.environ.get("ZEROPOOL_BIND", DEFAULT_BIND),
                    help="ZeroMQ address to listen on; a port of * picks a free one "
                    f"(default: $ZEROPOOL_BIND or {DEFAULT_BIND})")
@@ -79,6 +82,15 @@ def parser() -> argparse.ArgumentParser:
                    help="allow binding a non-loopback address without CURVE keys: anyone "
                    "who can reach it can run code on the workers (default: $ZEROPOOL_INSECURE "
                    "or off)")
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   default=_env("ZEROPOOL_METRICS_PORT", None, int),
+                   help="serve Prometheus metrics over HTTP on this port "
+                   "(needs pip install 'zeropool[metrics]') (default: $ZEROPOOL_METRICS_PORT "
+                   "or none)")
+    p.add_argument("--metrics-host", metavar="HOST",
+                   default=os.environ.get("ZEROPOOL_METRICS_HOST", "127.0.0.1"),
+                   help="address the metrics endpoint listens on "
+                   "(default: $ZEROPOOL_METRICS_HOST or 127.0.0.1)")
     p.add_argument("--log-level", default=os.environ.get("ZEROPOOL_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (default: $ZEROPOOL_LOG_LEVEL or INFO)")
@@ -116,6 +128,48 @@ def keygen_main(argv: list[str]) -> int:
     return 0
 
 
+def status_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="broker status", description="Show what a running broker is doing: its "
+        "workers, its clients, its queue and its throughput. Exits 0 if the broker answered, "
+        "1 if not (so it serves as a health check).")
+    p.add_argument("address", nargs="?", default=os.environ.get("ZEROPOOL_ADDRESS"),
+                   help="the broker's address (default: $ZEROPOOL_ADDRESS)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="how long to wait for the broker's answer (default: 5)")
+    p.add_argument("--curve-server-key", metavar="FILE", default=os.environ.get(ENV_SERVER_KEY),
+                   help=f"the broker's public .key file, if it has CURVE on (default: "
+                   f"${ENV_SERVER_KEY})")
+    p.add_argument("--curve-key", metavar="FILE", default=os.environ.get(ENV_KEY),
+                   help=f"a .key_secret file whose .key the broker authorizes (default: "
+                   f"${ENV_KEY})")
+    return p
+
+
+def status_main(argv: list[str]) -> int:
+    p = status_parser()
+    args = p.parse_args(argv)
+    if not args.address:
+        p.error("give the broker's address, e.g. broker status tcp://127.0.0.1:5555")
+    security = None
+    if args.curve_server_key or args.curve_key:
+        if not (args.curve_server_key and args.curve_key):
+            p.error("CURVE needs both --curve-server-key and --curve-key")
+        try:
+            security = Security.from_files(args.curve_server_key, args.curve_key)
+        except ValueError as exc:
+            p.error(str(exc))
+    from broker.status import query, render
+    try:
+        report = query(args.address, security, args.timeout)
+    except (RuntimeError, zmq.ZMQError) as exc:
+        print(f"broker status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def is_loopback(address: str) -> bool:
     """Whether a ZeroMQ bind address can only be reached from this host."""
     parts = urlsplit(address)
@@ -134,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "keygen":
         return keygen_main(argv[1:])
+    if argv and argv[0] == "status":
+        return status_main(argv[1:])
     p = parser()
     args = p.parse_args(argv)
     if (args.curve_secret_key is None) != (args.authorized_keys is None):
@@ -167,6 +223,20 @@ def main(argv: list[str] | None = None) -> int:
     except zmq.ZMQError as exc:
         log.error("cannot bind %s: %s", args.bind, exc)
         return RET_BIND
+    if args.metrics_port is not None:
+        try:
+            from broker.metrics import serve_metrics
+            serve_metrics(broker, args.metrics_port, args.metrics_host)
+        except ImportError:
+            broker.close()
+            p.error("--metrics-port needs prometheus_client: pip install 'zeropool[metrics]'")
+        except OSError as exc:
+            broker.close()
+            log.error("cannot serve metrics on %s:%d: %s", args.metrics_host, args.metrics_port,
+                      exc)
+            return RET_BIND
+        log.info("Prometheus metrics on http://%s:%d/metrics", args.metrics_host,
+                 args.metrics_port)
 
     def on_signal(signum: int, frame: object) -> None:
         if broker.stopping:  # a second signal: stop at once

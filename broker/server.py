@@ -29,10 +29,11 @@ import zmq
 
 from broker.auth import KeyRing, ZapHandler
 from broker.state import BrokerState, Expired
+from broker.stats import Stats as Counters
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
-    Hello, Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults, decode, encode,
-    split_frames,
+    Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
+    WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults
 from protocol.security import key_id
@@ -54,6 +55,7 @@ class _Outgoing:
     started: list = field(default_factory=list)
     errors: list = field(default_factory=list)
     payload: list = field(default_factory=list)
+    output: list = field(default_factory=list)
 
 
 class Broker:
@@ -103,6 +105,8 @@ class Broker:
         self.address = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.state = BrokerState(heartbeat_interval * liveness, max_retries)
         self._stopping = False
+        self.stats = Counters()
+        self.started_at = time.time()
         self._outgoing: dict[bytes, _Outgoing] = {}
         self._unreachable: set[bytes] = set()
         self._complaints = 0
@@ -162,6 +166,7 @@ class Broker:
                     if self.zap is not None:
                         self._reload_keys()
                     self._complaints = 0
+                    self.stats.sample(now)
                     next_chores = now + self.heartbeat_interval
             self._say_goodbye()
         finally:
@@ -200,6 +205,8 @@ class Broker:
             if self.zap is not None and not self._key_still_valid(peer_id, frames[0]):
                 return
             return self.on_hello(peer_id, message, payload, now)
+        if message is not None and message.op is Op.STATS:
+            return self.on_stats(peer_id, message)
         if role is None:
             # Also a peer this broker declared dead, or one from before a restart
             # (whose RESULTS do not parse as a client's): it must say HELLO again.
@@ -263,7 +270,8 @@ class Broker:
         if hello.role is Role.CLIENT:
             if hello.init_frames != len(payload):
                 raise ProtocolError("HELLO announces a different number of initializer frames")
-            self.state.add_client(peer_id, payload, now)
+            client = self.state.add_client(peer_id, payload, now)
+            client.pid, client.host = hello.pid, hello.host
             log.info("client %s joined (host %s, pid %d)", peer_id.hex(), hello.host, hello.pid)
         else:
             if payload:
@@ -276,29 +284,83 @@ class Broker:
         self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness,
                                     self.max_message_size))
 
+    def on_stats(self, peer_id: bytes, request: Stats) -> None:
+        if request.version != PROTOCOL_VERSION:
+            self._send(peer_id, Refused(
+                f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
+                f"{request.version}", PROTOCOL_VERSION))
+            return
+        self._send(peer_id, StatsReply(self.report()))
+
+    def report(self) -> dict:
+        """What ``broker status`` shows: plain values only."""
+        now, state, stats = time.monotonic(), self.state, self.stats
+        workers = [{
+            "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
+            "busy": len(w.in_flight), "done": w.done, "failed": w.failed,
+            "draining": w.draining, "last_heartbeat": round(now - w.last_seen, 3),
+            "key": key_id(self._peer_keys[w.worker_id]) if w.worker_id in self._peer_keys
+            else None,
+        } for w in state.workers.values()]
+        clients = [{
+            "id": _text(c.client_id), "host": c.host, "pid": c.pid, "queued": c.queued,
+            "in_flight": c.in_flight, "done": c.done,
+        } for c in state.clients.values()]
+        return {
+            "address": self.address, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
+            "curve": self.zap is not None, "uptime": round(time.time() - self.started_at, 1),
+            "queued": len(state.queued), "in_flight": len(state.in_flight),
+            "tasks_per_second": round(stats.rate(now), 2), "submitted": stats.submitted,
+            "completed": stats.completed, "failed": stats.failed, "requeued": stats.requeued,
+            "cancelled": stats.cancelled, "unloadable": stats.unloadable,
+            "workers": workers, "clients": clients,
+        }
+
     def on_submit(self, client_id: bytes, submit: Submit, payload: list) -> None:
         groups = split_frames([nframes for _, nframes in submit.tasks], payload)
+        now = time.monotonic()
+        accepted = 0
         for (task_id, _), frames in zip(submit.tasks, groups):
-            if not self.state.submit(client_id, task_id, frames):
+            if self.state.submit(client_id, task_id, frames, now):
+                accepted += 1
+            else:
                 # A client resubmits what it has no result for after a reconnect.
                 log.debug("client %s: task %d is already known; dropped the copy",
                           client_id.hex(), task_id)
+        self.stats.submitted += accepted
 
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
         cancelled = self.state.cancel(client_id, cancel.task_ids)
+        self.stats.cancelled += len(cancelled)
         self._send(client_id, CancelReply(cancel.request_id, cancelled))
 
     def on_results(self, worker_id: bytes, news: WorkerResults, payload: list) -> None:
         for client_id, task_id in news.started:
             if self.state.started(worker_id, (client_id, task_id)):
                 self._outgoing_for(client_id).started.append(task_id)
+        if news.output:
+            worker = self.state.workers[worker_id]
+            label = f"{worker.host}:{worker.pid}"
+            for client_id, task_id, stream, text in news.output:
+                if self.state.started(worker_id, (client_id, task_id)):
+                    self._outgoing_for(client_id).output.append([task_id, stream, text, label])
         groups = split_frames([row[3] for row in news.results], payload)
+        now = time.monotonic()
+        stats = self.stats
         for (client_id, task_id, status, nframes), frames in zip(news.results, groups):
             task = self.state.finish(worker_id, (client_id, task_id))
             if task is None:
                 log.debug("dropped result of task %d from worker %s: not in flight there",
                           task_id, worker_id.hex())
                 continue
+            if status == Status.OK:
+                stats.completed += 1
+            elif status == Status.UNPICKLE_FAILED:
+                stats.unloadable += 1  # the client may send it again, by value
+            else:
+                stats.failed += 1
+                self.state.workers[worker_id].failed += 1
+            stats.task_duration.observe(now - task.dispatched)
             out = self._outgoing_for(client_id)
             out.results.append([task_id, status, nframes])
             out.payload.extend(frames)
@@ -348,6 +410,8 @@ class Broker:
             self._unreachable.add(peer_id)
 
     def _dispatch(self) -> None:
+        now = time.monotonic()
+        latency = self.stats.dispatch_latency
         for assignment in self.state.assign():
             rows, payload = [], []
             for client_id, frames in assignment.inits:
@@ -355,6 +419,8 @@ class Broker:
             for task in assignment.tasks:
                 rows.append([task.client_id, task.task_id, len(task.frames)])
                 payload.extend(task.frames)
+                task.dispatched = now
+                latency.observe(now - task.submitted)
             inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
             self._send(assignment.worker_id, Dispatch(rows, inits), payload)
 
@@ -362,8 +428,8 @@ class Broker:
         outgoing, self._outgoing = self._outgoing, {}
         for client_id, out in outgoing.items():
             if client_id in self.state.clients:
-                self._send(client_id, ClientResults(out.results, out.started, out.errors),
-                           out.payload)
+                self._send(client_id, ClientResults(out.results, out.started, out.errors,
+                                                    out.output), out.payload)
         while self._unreachable:
             peer_id = self._unreachable.pop()
             role = self.state.role_of(peer_id)
@@ -389,6 +455,8 @@ class Broker:
 
     def _report(self, expired: Expired, why: str) -> None:
         """Log lost workers and fail poison tasks back to their clients."""
+        self.stats.requeued += expired.requeued
+        self.stats.failed += len(expired.poisoned)
         if expired.workers and why != "left":
             log.warning("worker(s) %s %s; %d task(s) requeued",
                         ", ".join(w.hex() for w in expired.workers), why, expired.requeued)
@@ -423,6 +491,10 @@ def _return_memory_to_the_system() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
         pass
+
+
+def _text(peer_id: bytes) -> str:
+    return peer_id.decode("utf-8", "backslashreplace")
 
 
 def _main_thread() -> bool:

@@ -23,6 +23,9 @@ class Task:
     frames: list
     # Workers this task was in flight on when they died (for the poison rule).
     lost_on: list = field(default_factory=list)
+    # monotonic times, for the metrics; one float object is shared by a whole batch.
+    submitted: float = 0.0
+    dispatched: float = 0.0
 
     @property
     def key(self) -> TaskKey:
@@ -40,6 +43,7 @@ class Worker:
     in_flight: dict = field(default_factory=dict)  # TaskKey -> Task
     inits_sent: set = field(default_factory=set)  # client ids whose initializer it has
     done: int = 0
+    failed: int = 0  # of those done, how many raised
     draining: bool = False
 
 
@@ -51,6 +55,8 @@ class Client:
     queued: int = 0
     in_flight: int = 0
     done: int = 0
+    pid: int = 0
+    host: str = ""
 
 
 @dataclass(slots=True)
@@ -177,12 +183,12 @@ class BrokerState:
 
     # -- tasks -------------------------------------------------------------
 
-    def submit(self, client_id: bytes, task_id: int, frames: list) -> bool:
+    def submit(self, client_id: bytes, task_id: int, frames: list, now: float = 0.0) -> bool:
         """Queue a task; False if the id is already known (a replay), which is dropped."""
         key = (client_id, task_id)
         if key in self.queued or key in self.in_flight:
             return False
-        task = Task(client_id, task_id, frames)
+        task = Task(client_id, task_id, frames, submitted=now)
         self.queue.append(task)
         self.queued[key] = task
         self.clients[client_id].queued += 1

@@ -17,6 +17,7 @@ from protocol.payload import dumps, run_chunk
 from protocol.security import Security
 
 ENV_ADDRESS = "ZEROPOOL_ADDRESS"
+TASK_OUTPUT = ("plain", "prefix", None)
 
 __all__ = ["Executor"]
 
@@ -40,6 +41,11 @@ class Executor(_BaseExecutor):
     by default taken from ``$ZEROPOOL_CURVE_SERVER_KEY`` and
     ``$ZEROPOOL_CURVE_KEY`` when they are set.
 
+    ``task_output``: what tasks print on the workers is printed here, on
+    this process's stdout and stderr, before their futures complete:
+    ``"plain"`` as printed, ``"prefix"`` with ``[host:pid]`` of the worker
+    before each line, ``None`` not at all.
+
     ``initializer(*initargs)`` runs once in each worker process before that
     worker runs this executor's first task; if it raises, the executor breaks
     (``InitializerError``, a ``BrokenExecutor``), as the stdlib pools do.
@@ -48,7 +54,8 @@ class Executor(_BaseExecutor):
     def __init__(self, max_workers: int | str | None = None, *, address: str | None = None,
                  initializer: Callable[..., Any] | None = None, initargs: tuple = (),
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
-                 security: Security | None = None) -> None:
+                 security: Security | None = None,
+                 task_output: str | None = "plain") -> None:
         if isinstance(max_workers, str) and address is None:
             address, max_workers = max_workers, None
         if address is None:
@@ -63,6 +70,8 @@ class Executor(_BaseExecutor):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
+        if task_output not in TASK_OUTPUT:
+            raise ValueError(f"task_output must be one of {TASK_OUTPUT}, not {task_output!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         init_frames = dumps((initializer, tuple(initargs))) if initializer is not None else []
@@ -77,6 +86,7 @@ class Executor(_BaseExecutor):
         try:
             self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
                                     connect_timeout=connect_timeout, security=security,
+                                    task_output=task_output,
                                     on_close=self._cluster.close if self._cluster else None)
         except BaseException:
             if self._cluster is not None:

@@ -22,6 +22,7 @@ import logging
 import os
 import pickle
 import socket as socketlib
+import sys
 import threading
 import time
 import weakref
@@ -88,9 +89,12 @@ class Session:
                  max_in_flight: int | None = None,
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
                  security: Security | None = None,
+                 task_output: str | None = "plain",
                  on_close: Callable[[], None] | None = None) -> None:
         self.address = address
         self._security = security
+        self._task_output = task_output
+        self._mid_line: set[tuple[int, int]] = set()  # (task, stream) whose last line is open
         host = socketlib.gethostname()[:64]
         self.client_id = f"c-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
         self._host = host
@@ -436,6 +440,8 @@ class Session:
             entry = pending.get(task_id)
             if entry is not None:
                 _start(entry.future)
+        if message.output and self._task_output is not None:
+            self._print(message.output)  # before the results: a task's output precedes its end
         groups = split_frames([row[2] for row in message.results], payload)
         for (task_id, status, _), frames in zip(message.results, groups):
             with self._lock:
@@ -443,6 +449,9 @@ class Session:
             if entry is None:
                 continue  # a duplicate after a reconnect, or already failed
             self._open -= 1
+            if self._mid_line:
+                self._mid_line.discard((task_id, 1))
+                self._mid_line.discard((task_id, 2))
             if status == Status.INIT_FAILED:
                 self._break(entry.future, frames)
                 continue
@@ -471,6 +480,42 @@ class Session:
                     entry.future.set_exception(WorkerLostError(text) if code == "worker_lost"
                                                else BrokerUnreachable(text))
         self._send_unsent()
+
+    def _print(self, rows: list) -> None:
+        """Show what remote tasks printed on this process's stdout and stderr."""
+        prefixed = self._task_output == "prefix"
+        used = set()
+        for task_id, stream, text, worker in rows:
+            if task_id not in self._pending:
+                continue  # a copy from a run whose result already arrived
+            if prefixed:
+                text = self._prefix(task_id, stream, text, f"[{worker}] ")
+            out = sys.stdout if stream == 1 else sys.stderr
+            try:
+                out.write(text)
+                used.add(out)
+            except (OSError, ValueError, AttributeError):  # closed or missing: drop it
+                pass
+        for out in used:
+            try:
+                out.flush()
+            except (OSError, ValueError):
+                pass
+
+    def _prefix(self, task_id: int, stream: int, text: str, prefix: str) -> str:
+        key = (task_id, stream)
+        at_start = key not in self._mid_line
+        pieces = []
+        for line in text.splitlines(keepends=True):
+            if at_start:
+                pieces.append(prefix)
+            pieces.append(line)
+            at_start = line.endswith(("\n", "\r"))
+        if at_start:
+            self._mid_line.discard(key)
+        else:
+            self._mid_line.add(key)
+        return "".join(pieces)
 
     def _resend_by_value(self, entry: _Entry, exc: BaseException) -> bool:
         """A worker could not import the module of a call: send it by value, once."""

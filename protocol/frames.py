@@ -11,7 +11,8 @@ import msgpack
 
 from protocol.messages import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
-    Op, ProtocolError, Refused, Role, Submit, Welcome, WorkerResults,
+    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, WorkerResults,
+    short_repr,
 )
 
 # Headers are ids and counts; 16 MiB holds batches of ~500k entries.
@@ -24,7 +25,9 @@ _KINDS: dict[Op, type[Message]] = {
     Op.HELLO: Hello, Op.WELCOME: Welcome, Op.REFUSED: Refused, Op.SUBMIT: Submit,
     Op.CANCEL: Cancel, Op.CANCEL_REPLY: CancelReply, Op.DISPATCH: Dispatch,
     Op.HEARTBEAT: Heartbeat, Op.DRAIN: Drain, Op.BYE: Bye, Op.ERROR: Error,
+    Op.STATS: Stats, Op.STATS_REPLY: StatsReply,
 }
+_OPS = {op.value: op for op in Op}
 _packer = msgpack.Packer(use_bin_type=True)
 
 
@@ -51,10 +54,12 @@ def decode(frames: Sequence, sender: Role | None = None) -> tuple[Message, list]
         raise ProtocolError(f"header is not msgpack: {exc}") from exc
     if type(header) is not dict:
         raise ProtocolError("header is not a map")
-    try:
-        op = Op(header.get("op"))
-    except (ValueError, TypeError):
-        raise ProtocolError(f"unknown op {header.get('op')!r:.40}") from None
+    # Not Op(value): its error message holds the builtin repr of the value,
+    # which raises RecursionError for a list nested a thousand deep.
+    value = header.get("op")
+    op = _OPS.get(value) if type(value) is str else None
+    if op is None:
+        raise ProtocolError(f"unknown op {short_repr(value)}")
     if op is Op.RESULTS:
         kind = (_FROM_WORKER if sender is Role.WORKER else _TO_CLIENT)[op]
     else:

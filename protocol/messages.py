@@ -15,13 +15,17 @@ and raises ``ProtocolError`` instead of letting a bad value travel further.
 from __future__ import annotations
 
 import enum
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
+
+from protocol.defaults import PROTOCOL_VERSION
 
 __all__ = [
     "Op", "Role", "Status", "ProtocolError", "Message",
     "Hello", "Welcome", "Refused", "Submit", "Cancel", "CancelReply",
     "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Drain", "Bye", "Error",
+    "Stats", "StatsReply",
 ]
 
 # Ids and counts are unsigned 64-bit on the wire.
@@ -48,6 +52,8 @@ class Op(str, enum.Enum):
     DRAIN = "drain"
     BYE = "bye"
     ERROR = "error"
+    STATS = "stats"
+    STATS_REPLY = "stats_reply"
 
 
 class Role(str, enum.Enum):
@@ -62,6 +68,27 @@ class Status(enum.IntEnum):
     RAISED = 1  # payload: the pickled exception (or a RemoteError standing in for it)
     INIT_FAILED = 2  # payload: the pickled exception the client's initializer raised
     UNPICKLE_FAILED = 3  # payload: the pickled exception loading the call raised
+
+
+class _ShortRepr(reprlib.Repr):
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        if len(value) <= self.maxstring:
+            return repr(value)
+        return repr(value[:self.maxstring]) + "..."
+
+
+_short = _ShortRepr()
+_short.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of a value a peer sent, bounded in depth and length.
+
+    The builtin ``repr`` of lists nested a thousand deep (a few kilobytes of
+    msgpack) raises RecursionError, and that of a megabyte string makes a
+    megabyte error message; neither may come out of validating a message.
+    """
+    return _short.repr(value)
 
 
 def _get(header: dict, key: str, kind: type | tuple[type, ...]) -> Any:
@@ -91,13 +118,13 @@ def _text(header: dict, key: str) -> str:
 
 def _check_uint(value: Any, what: str) -> int:
     if type(value) is not int or not 0 <= value <= _U64:
-        raise ProtocolError(f"bad {what}: {value!r}")
+        raise ProtocolError(f"bad {what}: {short_repr(value)}")
     return value
 
 
 def _check_peer_id(value: Any) -> bytes:
     if type(value) is not bytes or not 0 < len(value) <= MAX_PEER_ID:
-        raise ProtocolError(f"bad peer id: {value!r:.80}")
+        raise ProtocolError(f"bad peer id: {short_repr(value)}")
     return value
 
 
@@ -146,14 +173,18 @@ class Hello(Message):
 
     @classmethod
     def parse(cls, header: dict) -> Hello:
-        # The version is read first so that a peer of another version is told
-        # so, even when the rest of its HELLO differs.
+        # The version is read first, and alone if it is not ours: another
+        # version may have changed any other key, and its peer must still be
+        # told which version this side speaks, not that its HELLO is bad.
         version = _uint(header, "version")
+        if version != PROTOCOL_VERSION:
+            role_name = header.get("role")
+            known = type(role_name) is str and role_name in _ROLE_NAMES
+            return cls(Role(role_name) if known else Role.CLIENT, version)
         role_name = _get(header, "role", str)
-        try:
-            role = Role(role_name)
-        except ValueError:
-            raise ProtocolError(f"unknown role {role_name!r:.40}") from None
+        if role_name not in _ROLE_NAMES:
+            raise ProtocolError(f"unknown role {short_repr(role_name)}")
+        role = Role(role_name)
         return cls(role, version, _uint(header, "credit", 1 << 20),
                    _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
                    _text(header, "host"))
@@ -293,17 +324,23 @@ class WorkerResults(Message):
 
     ``results`` rows are ``[client_id, task_id, status, nframes]``; ``started``
     rows are ``[client_id, task_id]``; ``credit`` is how many more tasks the
-    worker can take now.
+    worker can take now; ``output`` rows ``[client_id, task_id, stream, text]``
+    are what running tasks printed (stream 1: stdout, 2: stderr), sent before
+    their results.
     """
 
     op: ClassVar[Op] = Op.RESULTS
     results: list
     started: list = field(default_factory=list)
     credit: int = 0
+    output: list = field(default_factory=list)
 
     def header(self) -> dict:
-        return {"op": self.op.value, "results": self.results, "started": self.started,
-                "credit": self.credit}
+        header = {"op": self.op.value, "results": self.results, "started": self.started,
+                  "credit": self.credit}
+        if self.output:
+            header["output"] = self.output
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> WorkerResults:
@@ -317,23 +354,34 @@ class WorkerResults(Message):
         for client_id, task_id in started:
             _check_peer_id(client_id)
             _check_uint(task_id, "task id")
-        return cls(results, started, _uint(header, "credit", 1 << 20))
+        output = _rows(header, "output", 4) if "output" in header else []
+        for client_id, task_id, stream, text in output:
+            _check_peer_id(client_id)
+            _check_uint(task_id, "task id")
+            _check_output(stream, text)
+        return cls(results, started, _uint(header, "credit", 1 << 20), output)
 
 
 @dataclass(frozen=True, slots=True)
 class ClientResults(Message):
     """Results for one client: ``results`` rows ``[task_id, status, nframes]``,
-    ``started`` task ids, and ``errors`` rows ``[task_id, code, message]`` for
-    tasks the broker itself had to fail."""
+    ``started`` task ids, ``errors`` rows ``[task_id, code, message]`` for
+    tasks the broker itself had to fail, and ``output`` rows ``[task_id,
+    stream, text, worker]`` (what tasks printed, and where) to show before
+    the results."""
 
     op: ClassVar[Op] = Op.RESULTS
     results: list
     started: list = field(default_factory=list)
     errors: list = field(default_factory=list)
+    output: list = field(default_factory=list)
 
     def header(self) -> dict:
-        return {"op": self.op.value, "results": self.results, "started": self.started,
-                "errors": self.errors}
+        header = {"op": self.op.value, "results": self.results, "started": self.started,
+                  "errors": self.errors}
+        if self.output:
+            header["output"] = self.output
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> ClientResults:
@@ -350,7 +398,13 @@ class ClientResults(Message):
             _check_uint(task_id, "task id")
             if type(code) is not str or type(message) is not str:
                 raise ProtocolError("error code and message must be text")
-        return cls(results, started, errors)
+        output = _rows(header, "output", 4) if "output" in header else []
+        for task_id, stream, text, worker in output:
+            _check_uint(task_id, "task id")
+            _check_output(stream, text)
+            if type(worker) is not str:
+                raise ProtocolError("an output row's worker must be text")
+        return cls(results, started, errors, output)
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,10 +465,48 @@ class Error(Message):
         return cls(_text(header, "code"), _text(header, "message"))
 
 
+@dataclass(frozen=True, slots=True)
+class Stats(Message):
+    """Asks the broker for a report on itself (``broker status``); needs no HELLO."""
+
+    op: ClassVar[Op] = Op.STATS
+    version: int
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "version": self.version}
+
+    @classmethod
+    def parse(cls, header: dict) -> Stats:
+        return cls(_uint(header, "version"))
+
+
+@dataclass(frozen=True, slots=True)
+class StatsReply(Message):
+    """The broker's report: a map of plain values (see broker.stats)."""
+
+    op: ClassVar[Op] = Op.STATS_REPLY
+    report: dict
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "report": self.report}
+
+    @classmethod
+    def parse(cls, header: dict) -> StatsReply:
+        return cls(_get(header, "report", dict))
+
+
+def _check_output(stream: Any, text: Any) -> None:
+    if stream not in (1, 2) or type(stream) is not int:
+        raise ProtocolError(f"bad output stream {short_repr(stream)}")
+    if type(text) is not str:
+        raise ProtocolError("output must be text")
+
+
 def _check_status(value: Any) -> int:
     if type(value) is not int or value not in _STATUSES:
-        raise ProtocolError(f"unknown status {value!r:.40}")
+        raise ProtocolError(f"unknown status {short_repr(value)}")
     return value
 
 
 _STATUSES = frozenset(int(s) for s in Status)
+_ROLE_NAMES = frozenset(r.value for r in Role)

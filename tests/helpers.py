@@ -179,3 +179,20 @@ class Unpicklable:
 
 def make_unpicklable():
     return Unpicklable()
+
+
+def chatty(n):
+    """Prints several lines to both streams, some in pieces, then returns."""
+    import sys
+    for i in range(3):
+        print(f"task {n} line {i}")
+    print(f"task {n} ", end="")
+    print("joined", flush=True)
+    print(f"task {n} warning", file=sys.stderr)
+    return n
+
+
+def fail_if_negative(x):
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return x

@@ -38,6 +38,9 @@ log = logging.getLogger("zeropool.worker")
 # Results sent per message at most; more wait for the next pass, so that one
 # huge message cannot hold the loop.
 MAX_RESULTS_PER_MESSAGE = 1000
+# Task output per message at most: it travels in the msgpack header, which
+# has a hard limit (protocol.frames.MAX_HEADER_SIZE).
+MAX_OUTPUT_PER_MESSAGE = 1 << 20
 
 
 class Exit(enum.IntEnum):
@@ -65,7 +68,9 @@ class Agent:
         # readable means that process is gone, and so should we be.
         self.watch_fds = tuple(watch_fds)
         host = socketlib.gethostname()[:64]
-        self.worker_id = f"w-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
+        self._name = f"w-{host}-{os.getpid()}-{os.urandom(3).hex()}"
+        self._connections = 0
+        self.worker_id = b""  # per connection, see _connect
         self._host = host
         self._context = zmq.Context()
         self._socket: zmq.Socket | None = None
@@ -169,6 +174,10 @@ class Agent:
 
     def _connect(self) -> None:
         sock = self._context.socket(zmq.DEALER)
+        # A new id per connection: messages still in flight on a dropped one
+        # (a cut link coming back) must not pass for the new one's.
+        self._connections += 1
+        self.worker_id = f"{self._name}-{self._connections}".encode()
         sock.setsockopt(zmq.ROUTING_ID, self.worker_id)
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
@@ -257,11 +266,21 @@ class Agent:
         self._waker.clear()
         events = self._runner.events
         while events:
-            started, results, payload = {}, [], []
-            while events and len(results) < MAX_RESULTS_PER_MESSAGE:
+            started, results, payload, printed = {}, [], [], []
+            printed_size = 0
+            while (events and len(results) < MAX_RESULTS_PER_MESSAGE
+                   and printed_size < MAX_OUTPUT_PER_MESSAGE):
                 event = events.popleft()
                 if event[0] == "started":
                     started[event[1]] = None
+                elif event[0] == "output":
+                    _, key, stream, text = event
+                    printed_size += len(text)
+                    last = printed[-1] if printed else None
+                    if last and last[0] == key[0] and last[1] == key[1] and last[2] == stream:
+                        last[3].append(text)  # print() writes the text and its newline apart
+                    else:
+                        printed.append([key[0], key[1], stream, [text]])
                 else:
                     _, key, status, frames = event
                     started.pop(key, None)  # its result says it started
@@ -269,7 +288,10 @@ class Agent:
                     results.append([key[0], key[1], int(status), len(frames)])
                     payload.extend(frames)
             credit = 0 if self._draining else len(results)
-            self._send(WorkerResults(results, [list(k) for k in started], credit), payload)
+            for row in printed:
+                row[3] = "".join(row[3])
+            self._send(WorkerResults(results, [list(k) for k in started], credit, printed),
+                       payload)
 
     def _send(self, message, payload: list = ()) -> None:
         try:

@@ -11,15 +11,19 @@ from typing import Callable
 
 from protocol import Status
 from protocol.payload import dumps_exception, dumps_result, loads, loads_call
+from worker import output
 
 log = logging.getLogger("zeropool.worker")
+
+OUTPUT_CHUNK = 1 << 16
 
 
 class Runner:
     """A fixed set of threads taking ``(key, frames)`` from a queue.
 
-    Each thread reports ``("started", key)`` and ``("done", key, status,
-    frames)`` on ``events`` and calls ``notify`` so the I/O loop wakes.
+    Each thread reports ``("started", key)``, ``("output", key, stream,
+    text)`` for what the task prints, and ``("done", key, status, frames)`` on
+    ``events``, and calls ``notify`` so the I/O loop wakes.
     """
 
     def __init__(self, threads: int, notify: Callable[[], None]) -> None:
@@ -31,6 +35,7 @@ class Runner:
         self._init_frames: dict[bytes, list] = {}
         self._init_results: dict[bytes, tuple | None] = {}
         self._init_lock = threading.Lock()
+        output.capture(self._on_output)
         self._threads = [threading.Thread(target=self._loop, name=f"zeropool-task-{i}",
                                           daemon=True) for i in range(threads)]
         for thread in self._threads:
@@ -55,9 +60,18 @@ class Runner:
             key, frames = item
             self.events.append(("started", key))
             self._notify()
-            status, out = self.run(key[0], frames)
+            output.running(key)
+            try:
+                status, out = self.run(key[0], frames)
+            finally:
+                output.running(None)
             self.events.append(("done", key, status, out))
             self._notify()
+
+    def _on_output(self, key: tuple, stream: int, text: str) -> None:
+        for start in range(0, len(text), OUTPUT_CHUNK):  # one huge write stays sendable
+            self.events.append(("output", key, stream, text[start:start + OUTPUT_CHUNK]))
+        self._notify()
 
     def run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
         failed = self._initialize(client_id)

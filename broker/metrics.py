@@ -1,0 +1,57 @@
+"""The Prometheus endpoint (``broker --metrics-port N``).
+
+A collector renders the broker's own counters at scrape time, so the loop
+keeps plain numbers and pays nothing per task for the endpoint. It runs on
+prometheus_client's HTTP thread and only reads.
+"""
+from __future__ import annotations
+
+from prometheus_client import start_http_server
+from prometheus_client.core import (
+    CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+)
+
+from broker.stats import Histogram
+
+
+class _Collector:
+    def __init__(self, broker) -> None:
+        self._broker = broker
+
+    def collect(self):
+        state, stats = self._broker.state, self._broker.stats
+        yield GaugeMetricFamily("zeropool_queue_depth", "Tasks queued, not yet given to a worker",
+                                value=len(state.queued))
+        yield GaugeMetricFamily("zeropool_in_flight", "Tasks given to workers, not yet finished",
+                                value=len(state.in_flight))
+        yield GaugeMetricFamily("zeropool_workers", "Workers connected", value=len(state.workers))
+        yield GaugeMetricFamily("zeropool_clients", "Clients connected", value=len(state.clients))
+        for name, value, text in (
+                ("submitted", stats.submitted, "Tasks accepted from clients"),
+                ("completed", stats.completed, "Tasks that returned a value"),
+                ("failed", stats.failed, "Tasks that raised, or failed as poison tasks"),
+                ("requeued", stats.requeued, "Tasks requeued after their worker died"),
+                ("cancelled", stats.cancelled, "Tasks cancelled before a worker got them"),
+                ("unloadable", stats.unloadable,
+                 "Calls a worker could not unpickle (clients resend them by value)")):
+            yield CounterMetricFamily(f"zeropool_tasks_{name}", text, value=value)
+        yield _histogram("zeropool_task_duration_seconds",
+                         "From dispatch to result, as the broker sees it", stats.task_duration)
+        yield _histogram("zeropool_dispatch_latency_seconds",
+                         "From submit to dispatch: time spent queued", stats.dispatch_latency)
+        yield GaugeMetricFamily("zeropool_broker_start_time_seconds",
+                                "Unix time the broker started", value=self._broker.started_at)
+
+
+def _histogram(name: str, text: str, histogram: Histogram) -> HistogramMetricFamily:
+    buckets = [("+Inf" if bound == float("inf") else repr(bound), count)
+               for bound, count in histogram.cumulative()]
+    return HistogramMetricFamily(name, text, buckets=buckets, sum_value=histogram.sum)
+
+
+def serve_metrics(broker, port: int, host: str = "127.0.0.1"):
+    """Start the endpoint on its own thread; returns (server, thread)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(broker))
+    return start_http_server(port, addr=host, registry=registry)
+
