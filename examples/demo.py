@@ -2,6 +2,8 @@
 
 Each example is the stdlib original with one line changed (the executor);
 see examples/seed_*.py. Examples 3 and 5 sleep on purpose (about 18 s each).
+Then a longer run shows its progress with tqdm, when installed and in a terminal.
+With $ZEROPOOL_ADDRESS set, everything runs on that broker's workers instead.
 """
 from __future__ import annotations
 
@@ -25,6 +27,37 @@ def main() -> int:
               f"(exit code {code}) ===", flush=True)
         if code:
             return code
+    return show_progress()
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def show_progress() -> int:
+    """Our futures are concurrent.futures futures, so tqdm's usual pattern
+    shows a long run's progress (pip install 'zeropool[progress]')."""
+    import concurrent.futures
+
+    import client
+    print("\n=== Progress of a longer run: 200 tasks of 50 ms ===", flush=True)
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    with client.Executor() as executor:
+        futures = [executor.submit(_nap, 0.05) for _ in range(200)]
+        done = concurrent.futures.as_completed(futures)
+        if tqdm is not None and sys.stderr.isatty():
+            done = tqdm(done, total=len(futures), unit="task")
+            for _ in done:
+                pass
+        else:  # not a terminal (or no tqdm): a line per quarter
+            for count, _ in enumerate(done, 1):
+                if count % 50 == 0:
+                    print(f"{count}/{len(futures)} tasks done", flush=True)
+    print("=== all 200 done ===", flush=True)
     return 0
 
 

@@ -139,3 +139,17 @@ def test_task_output_can_be_switched_off(shared_cluster, capsys):
     assert "task 1" not in out and "task 1" not in err
     with pytest.raises(ValueError, match="task_output"):
         client.Executor(shared_cluster, task_output="loud")
+
+
+def test_tqdm_shows_progress_over_as_completed(shared_cluster):
+    import concurrent.futures
+    import io
+
+    from tqdm import tqdm
+    bar = io.StringIO()
+    with client.Executor(shared_cluster) as ex:
+        futures = [ex.submit(helpers.square, i) for i in range(50)]
+        results = [f.result() for f in tqdm(concurrent.futures.as_completed(futures),
+                                            total=len(futures), file=bar)]
+    assert sorted(results) == [i * i for i in range(50)]
+    assert "50/50" in bar.getvalue() and "100%" in bar.getvalue()
