@@ -259,3 +259,18 @@ def test_security_settings_are_checked(keys, tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="client.Security"):
         Executor(address="tcp://127.0.0.1:1", security="keys/client.key_secret")
     assert client.Security is Security
+
+
+def test_status_works_against_a_curve_broker(secure, keys):
+    import json
+    address, _ = secure
+    directory, _ = keys
+    run = [*command("broker"), "status", address, "--json", "--timeout", "10"]
+    with_key = subprocess.run([*run, "--curve-server-key", str(directory / "broker.key"),
+                               "--curve-key", str(directory / "client.key_secret")],
+                              capture_output=True, text=True, timeout=30)
+    assert with_key.returncode == 0, with_key.stderr
+    assert json.loads(with_key.stdout)["curve"] is True
+    without = subprocess.run(run, capture_output=True, text=True, timeout=30)
+    assert without.returncode == 1
+    assert "requires CURVE keys" in without.stderr
