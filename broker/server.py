@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import itertools
 import logging
 import os
 import signal
@@ -33,7 +34,7 @@ from broker.stats import Stats as Counters
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
-    WorkerResults, decode, encode, split_frames,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults
 from protocol.security import key_id
@@ -45,6 +46,16 @@ log = logging.getLogger("zeropool.broker")
 MAX_READS_PER_PASS = 2000
 # Bad-input log lines per heartbeat interval; the rest are counted.
 MAX_COMPLAINTS_PER_INTERVAL = 10
+
+
+@dataclass(slots=True)
+class _PendingCancel:
+    """A client's cancel waiting on workers to give back tasks they hold unstarted."""
+
+    client_id: bytes
+    request_id: int
+    cancelled: list  # task ids
+    waiting: dict  # worker id -> task ids asked of it
 
 
 @dataclass(slots=True)
@@ -108,6 +119,8 @@ class Broker:
         self.stats = Counters()
         self.started_at = time.time()
         self._outgoing: dict[bytes, _Outgoing] = {}
+        self._cancels: dict[int, _PendingCancel] = {}
+        self._cancel_ids = itertools.count(1)
         self._unreachable: set[bytes] = set()
         self._complaints = 0
 
@@ -277,7 +290,7 @@ class Broker:
             if payload:
                 raise ProtocolError("a worker's HELLO carries no payload")
             _, expired = self.state.add_worker(peer_id, hello.credit, now, pid=hello.pid,
-                                               host=hello.host)
+                                               host=hello.host, threads=hello.threads)
             self._report(expired, "rejoined")
             log.info("worker %s joined (host %s, pid %d, %d slots)", peer_id.hex(), hello.host,
                      hello.pid, hello.credit)
@@ -332,7 +345,49 @@ class Broker:
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
         cancelled = self.state.cancel(client_id, cancel.task_ids)
         self.stats.cancelled += len(cancelled)
-        self._send(client_id, CancelReply(cancel.request_id, cancelled))
+        held = self.state.unstarted(client_id, cancel.task_ids)
+        if not held:
+            self._send(client_id, CancelReply(cancel.request_id, cancelled))
+            return
+        # Workers may hold some of them unstarted (prefetched): ask for them back.
+        request_id = next(self._cancel_ids)
+        self._cancels[request_id] = _PendingCancel(client_id, cancel.request_id, cancelled, held)
+        for worker_id, task_ids in held.items():
+            self._send(worker_id, Withdraw(request_id, [[client_id, t] for t in task_ids]))
+
+    def on_withdrawn(self, worker_id: bytes, news: Withdrawn, payload: list) -> None:
+        pending = self._cancels.get(news.request_id) if news.request_id else None
+        taken = self.state.withdraw(worker_id, news.tasks, requeue=pending is None)
+        if pending is not None:
+            log.debug("worker %s gave back %d task(s) to cancel", worker_id.hex(), len(taken))
+            self.stats.cancelled += len(taken)
+            pending.cancelled.extend(task_id for _, task_id in taken)
+            pending.waiting.pop(worker_id, None)
+            self._answer_cancel(news.request_id)
+        elif taken:
+            log.debug("worker %s gave back %d task(s) waiting behind long ones",
+                      worker_id.hex(), len(taken))
+        if news.credit:
+            self.state.add_credit(worker_id, news.credit)
+
+    def _answer_cancel(self, request_id: int) -> None:
+        pending = self._cancels[request_id]
+        if not pending.waiting:
+            del self._cancels[request_id]
+            if pending.client_id in self.state.clients:
+                self._send(pending.client_id, CancelReply(pending.request_id, pending.cancelled))
+
+    def _workers_gone(self, worker_ids: list) -> None:
+        """Cancels waiting on workers that are gone: their tasks are back in the
+        queue (or failed), so the broker answers for them."""
+        for request_id, pending in list(self._cancels.items()):
+            for worker_id in worker_ids:
+                task_ids = pending.waiting.pop(worker_id, None)
+                if task_ids is not None and pending.client_id in self.state.clients:
+                    cancelled = self.state.cancel(pending.client_id, task_ids)
+                    self.stats.cancelled += len(cancelled)
+                    pending.cancelled.extend(cancelled)
+            self._answer_cancel(request_id)
 
     def on_results(self, worker_id: bytes, news: WorkerResults, payload: list) -> None:
         for client_id, task_id in news.started:
@@ -386,6 +441,8 @@ class Broker:
 
     def _forget_client(self, client_id: bytes, why: str) -> None:
         dropped = self.state.remove_client(client_id)
+        for request_id in [r for r, p in self._cancels.items() if p.client_id == client_id]:
+            del self._cancels[request_id]
         if dropped:
             log.warning("client %s %s; dropped its %d queued task(s)", client_id.hex(), why,
                         dropped)
@@ -457,6 +514,8 @@ class Broker:
         """Log lost workers and fail poison tasks back to their clients."""
         self.stats.requeued += expired.requeued
         self.stats.failed += len(expired.poisoned)
+        if expired.workers and self._cancels:
+            self._workers_gone(expired.workers)
         if expired.workers and why != "left":
             log.warning("worker(s) %s %s; %d task(s) requeued",
                         ", ".join(w.hex() for w in expired.workers), why, expired.requeued)
@@ -510,4 +569,5 @@ _HANDLERS = {
     ("worker", Op.HEARTBEAT): Broker.on_heartbeat,
     ("worker", Op.DRAIN): Broker.on_drain,
     ("worker", Op.BYE): Broker.on_worker_bye,
+    ("worker", Op.WITHDRAWN): Broker.on_withdrawn,
 }

@@ -26,6 +26,7 @@ class Task:
     # monotonic times, for the metrics; one float object is shared by a whole batch.
     submitted: float = 0.0
     dispatched: float = 0.0
+    started: bool = False  # its worker said so (tasks may wait on a worker, prefetched)
 
     @property
     def key(self) -> TaskKey:
@@ -103,12 +104,13 @@ class BrokerState:
         return client
 
     def add_worker(self, worker_id: bytes, credit: int, now: float, *, pid: int = 0,
-                   host: str = "") -> tuple[Worker, Expired]:
+                   host: str = "", threads: int = 0) -> tuple[Worker, Expired]:
         """Register a worker; a worker id seen again replaces the old one."""
         expired = Expired()
         if worker_id in self.workers:
             self._remove_worker(worker_id, expired)
-        worker = self.workers[worker_id] = Worker(worker_id, credit, now, pid, host, credit)
+        worker = self.workers[worker_id] = Worker(worker_id, credit, now, pid, host,
+                                                  threads or credit)
         if credit:
             self.ready[worker_id] = None
         return worker, expired
@@ -164,14 +166,20 @@ class BrokerState:
         worker = self.workers.pop(worker_id)
         self.ready.pop(worker_id, None)
         expired.workers.append(worker_id)
-        # Requeue at the front, keeping their original order.
-        for task in reversed(list(worker.in_flight.values())):
+        # Requeue at the front, keeping their original order. A worker runs its
+        # tasks in the order given, so only those it said it started, and the
+        # first ``threads`` (it may have started them without saying so yet),
+        # can have killed it; tasks that waited behind them cost no try.
+        tasks = list(worker.in_flight.values())
+        for index in range(len(tasks) - 1, -1, -1):
+            task = tasks[index]
             del self.in_flight[task.key]
+            may_have_run, task.started = index < worker.threads or task.started, False
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
             client.in_flight -= 1
-            if lost:
+            if lost and may_have_run:
                 task.lost_on.append(worker_id)
                 if len(task.lost_on) >= self.max_retries:
                     expired.poisoned.append(task)
@@ -267,8 +275,46 @@ class BrokerState:
         worker.credit -= taken
 
     def started(self, worker_id: bytes, key: TaskKey) -> bool:
-        """True if this worker really holds that task (else the news is dropped)."""
-        return self.in_flight.get(key) == worker_id and key[0] in self.clients
+        """Note that a worker started a task; False if it does not hold it (the
+        news is then dropped)."""
+        if self.in_flight.get(key) != worker_id or key[0] not in self.clients:
+            return False
+        self.workers[worker_id].in_flight[key].started = True
+        return True
+
+    def unstarted(self, client_id: bytes, task_ids: list) -> dict[bytes, list]:
+        """Of these tasks, those on workers not known to have started them,
+        by worker: a worker may hold tasks it has not started (prefetched)."""
+        found: dict[bytes, list] = {}
+        for task_id in task_ids:
+            key = (client_id, task_id)
+            worker_id = self.in_flight.get(key)
+            if worker_id is not None and not self.workers[worker_id].in_flight[key].started:
+                found.setdefault(worker_id, []).append(task_id)
+        return found
+
+    def withdraw(self, worker_id: bytes, keys: list, requeue: bool) -> list:
+        """A worker gave back tasks it had not started: requeue them at the front
+        (in their order) or, for a cancel, drop them. Returns the keys taken."""
+        worker = self.workers[worker_id]
+        taken = []
+        for key in keys:
+            key = tuple(key)
+            if self.in_flight.get(key) != worker_id:
+                continue
+            del self.in_flight[key]
+            task = worker.in_flight.pop(key)
+            client = self.clients.get(task.client_id)
+            if client is None:
+                continue
+            client.in_flight -= 1
+            taken.append(task)
+        if requeue:
+            for task in reversed(taken):
+                self.queue.appendleft(task)
+                self.queued[task.key] = task
+                self.clients[task.client_id].queued += 1
+        return [task.key for task in taken]
 
     def finish(self, worker_id: bytes, key: TaskKey) -> Task | None:
         """Take a finished task off its worker; None if that worker never held it."""

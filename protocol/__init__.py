@@ -26,6 +26,8 @@ from protocol.messages import (
     Status,
     Submit,
     Welcome,
+    Withdraw,
+    Withdrawn,
     WorkerResults,
 )
 
@@ -49,6 +51,8 @@ __all__ = [
     "Status",
     "Submit",
     "Welcome",
+    "Withdraw",
+    "Withdrawn",
     "WorkerResults",
     "decode",
     "encode",

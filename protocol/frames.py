@@ -11,8 +11,8 @@ import msgpack
 
 from protocol.messages import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
-    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, WorkerResults,
-    short_repr,
+    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, Withdraw, Withdrawn,
+    WorkerResults, short_repr,
 )
 
 # Headers are ids and counts; 16 MiB holds batches of ~500k entries.
@@ -25,7 +25,8 @@ _KINDS: dict[Op, type[Message]] = {
     Op.HELLO: Hello, Op.WELCOME: Welcome, Op.REFUSED: Refused, Op.SUBMIT: Submit,
     Op.CANCEL: Cancel, Op.CANCEL_REPLY: CancelReply, Op.DISPATCH: Dispatch,
     Op.HEARTBEAT: Heartbeat, Op.DRAIN: Drain, Op.BYE: Bye, Op.ERROR: Error,
-    Op.STATS: Stats, Op.STATS_REPLY: StatsReply,
+    Op.STATS: Stats, Op.STATS_REPLY: StatsReply, Op.WITHDRAW: Withdraw,
+    Op.WITHDRAWN: Withdrawn,
 }
 _OPS = {op.value: op for op in Op}
 _packer = msgpack.Packer(use_bin_type=True)

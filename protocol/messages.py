@@ -25,7 +25,7 @@ __all__ = [
     "Op", "Role", "Status", "ProtocolError", "Message",
     "Hello", "Welcome", "Refused", "Submit", "Cancel", "CancelReply",
     "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Drain", "Bye", "Error",
-    "Stats", "StatsReply",
+    "Stats", "StatsReply", "Withdraw", "Withdrawn",
 ]
 
 # Ids and counts are unsigned 64-bit on the wire.
@@ -54,6 +54,8 @@ class Op(str, enum.Enum):
     ERROR = "error"
     STATS = "stats"
     STATS_REPLY = "stats_reply"
+    WITHDRAW = "withdraw"
+    WITHDRAWN = "withdrawn"
 
 
 class Role(str, enum.Enum):
@@ -154,8 +156,9 @@ class Message:
 class Hello(Message):
     """First message of every peer: who it is and which protocol it speaks.
 
-    A worker offers ``credit`` task slots. A client with an initializer sends
-    it pickled as ``init_frames`` payload frames; the broker keeps them opaque.
+    A worker offers ``credit`` task slots and says how many ``threads`` run
+    them. A client with an initializer sends it pickled as ``init_frames``
+    payload frames; the broker keeps them opaque.
     """
 
     op: ClassVar[Op] = Op.HELLO
@@ -165,11 +168,12 @@ class Hello(Message):
     init_frames: int = 0
     pid: int = 0
     host: str = ""
+    threads: int = 0
 
     def header(self) -> dict:
         return {"op": self.op.value, "role": self.role.value, "version": self.version,
                 "credit": self.credit, "init_frames": self.init_frames,
-                "pid": self.pid, "host": self.host}
+                "pid": self.pid, "host": self.host, "threads": self.threads}
 
     @classmethod
     def parse(cls, header: dict) -> Hello:
@@ -187,7 +191,7 @@ class Hello(Message):
         role = Role(role_name)
         return cls(role, version, _uint(header, "credit", 1 << 20),
                    _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
-                   _text(header, "host"))
+                   _text(header, "host"), _uint(header, "threads", 1 << 20))
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,6 +497,52 @@ class StatsReply(Message):
     @classmethod
     def parse(cls, header: dict) -> StatsReply:
         return cls(_get(header, "report", dict))
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw(Message):
+    """The broker asks a worker to give back tasks it holds but has not
+    started (to cancel them); ``tasks`` rows are ``[client_id, task_id]``."""
+
+    op: ClassVar[Op] = Op.WITHDRAW
+    request_id: int
+    tasks: list
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "request_id": self.request_id, "tasks": self.tasks}
+
+    @classmethod
+    def parse(cls, header: dict) -> Withdraw:
+        return cls(_uint(header, "request_id"), _task_rows(header))
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn(Message):
+    """A worker gives back tasks it had not started: those a WITHDRAW asked
+    for (``request_id`` > 0), or, unasked (``request_id`` 0), tasks waiting
+    behind long ones, for other workers to run. ``credit`` as in RESULTS."""
+
+    op: ClassVar[Op] = Op.WITHDRAWN
+    request_id: int
+    tasks: list
+    credit: int = 0
+
+    def header(self) -> dict:
+        return {"op": self.op.value, "request_id": self.request_id, "tasks": self.tasks,
+                "credit": self.credit}
+
+    @classmethod
+    def parse(cls, header: dict) -> Withdrawn:
+        return cls(_uint(header, "request_id"), _task_rows(header),
+                   _uint(header, "credit", 1 << 20))
+
+
+def _task_rows(header: dict) -> list:
+    tasks = _rows(header, "tasks", 2)
+    for client_id, task_id in tasks:
+        _check_peer_id(client_id)
+        _check_uint(task_id, "task id")
+    return tasks
 
 
 def _check_output(stream: Any, text: Any) -> None:

@@ -113,7 +113,7 @@ def test_hello_role_decodes_as_enum():
 # -- strict validation ---------------------------------------------------------
 
 HELLO = {"op": "hello", "role": "worker", "version": 1, "credit": 1, "init_frames": 0,
-         "pid": 1, "host": ""}
+         "pid": 1, "host": "", "threads": 1}
 WELCOME = {"op": "welcome", "version": 1, "heartbeat_interval": 1.0, "liveness": 5,
            "max_message_size": 1 << 20}
 REFUSED = {"op": "refused", "reason": "no", "version": 1}
@@ -529,3 +529,81 @@ def test_hello_without_a_role_is_a_protocol_error():
     header = {"op": "hello", "version": 1, "credit": 0, "init_frames": 0, "pid": 0, "host": ""}
     with pytest.raises(ProtocolError, match="role"):
         protocol.decode([msgpack.packb(header)])
+
+
+# -- hostile values ------------------------------------------------------------
+
+def nested(depth: int, maps: bool = False) -> bytes:
+    """msgpack of a value nested ``depth`` deep (packb itself stops at 512)."""
+    return (b"\x81\xa1k" if maps else b"\x91") * depth + b"\xc0"
+
+
+def with_nested(header: dict, depth: int, maps: bool = False) -> bytes:
+    """``header`` packed with the value "NESTED" replaced by a nested one."""
+    return pack(header).replace(pack("NESTED"), nested(depth, maps))
+
+
+@pytest.mark.parametrize("depth", [900, 1000, 1022])
+@pytest.mark.parametrize("raw, sender", [
+    pytest.param({"op": "NESTED"}, None, id="op"),
+    pytest.param(with_(SUBMIT, tasks=[["NESTED", 1]]), None, id="task-id"),
+    pytest.param(with_(CANCEL, task_ids=["NESTED"]), None, id="cancel-id"),
+    pytest.param(with_(W_RESULTS, results=[["NESTED", 1, 0, 1]]), Role.WORKER, id="peer-id"),
+    pytest.param(with_(W_RESULTS, results=[[PEER, 1, "NESTED", 1]]), Role.WORKER, id="status"),
+    pytest.param(with_(HELLO, role="NESTED"), None, id="role"),
+])
+@pytest.mark.parametrize("maps", [False, True], ids=["lists", "maps"])
+def test_deeply_nested_value_is_a_protocol_error_not_a_recursion_error(raw, sender, depth, maps):
+    """The builtin repr of such a value raises RecursionError; once, that
+    escaped the broker's loop and stopped it."""
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode([with_nested(raw, depth, maps)], sender)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param({"op": "x" * 1_000_000}, id="op"),
+    pytest.param(with_(SUBMIT, tasks=[["x" * 1_000_000, 1]]), id="task-id"),
+    pytest.param(with_(DISPATCH, tasks=[[b"p" * 1_000_000, 1, 1]]), id="peer-id"),
+    pytest.param(with_(SUBMIT, tasks=[[list(range(100_000)), 1]]), id="long-list"),
+])
+def test_error_text_about_a_huge_value_stays_short(raw):
+    with pytest.raises(ProtocolError) as info:
+        protocol.decode([pack(raw)])
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize("header", [
+    pytest.param(with_(HELLO, version=2), id="all-keys"),
+    pytest.param(with_(HELLO, version=2, pid=-1, credit="many"), id="bad-other-keys"),
+    pytest.param({"op": "hello", "version": 2}, id="only-the-version"),
+    pytest.param(with_(HELLO, version=2, role=["worker"]), id="role-is-a-list"),
+])
+def test_another_versions_hello_parses_to_its_version(header):
+    """So that the broker can refuse it with its own version, however the
+    rest of that version's HELLO differs."""
+    message, _ = protocol.decode([pack(header)])
+    assert type(message) is Hello
+    assert message.version == 2
+
+
+def test_another_versions_hello_keeps_a_known_role():
+    message, _ = protocol.decode([pack({"op": "hello", "version": 0, "role": "worker"})])
+    assert message.role is Role.WORKER
+
+
+def test_this_versions_hello_is_still_strict():
+    with pytest.raises(ProtocolError):
+        protocol.decode([pack(with_(HELLO, pid=-1))])
+
+
+def test_short_repr_bounds_depth_and_length():
+    from protocol.messages import short_repr
+    deep: list = []
+    for _ in range(5000):
+        deep = [deep]
+    assert len(short_repr(deep)) < 100
+    assert len(short_repr("x" * 10**6)) < 100
+    assert len(short_repr(b"x" * 10**6)) < 100
+    assert short_repr(7) == "7"
+    assert short_repr(b"ab") == "b'ab'"

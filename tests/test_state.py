@@ -620,3 +620,55 @@ def test_cancelled_tasks_release_their_payload_at_once():
     assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
     assert all(task.frames == [] for task in held)
     assert not state.queue  # nothing left queued: the deque is emptied too
+
+
+# -- prefetched tasks ---------------------------------------------------------------
+
+def test_lost_worker_counts_a_try_only_against_tasks_it_may_have_started():
+    state = make_state()
+    submit_all(state, C1, range(6))
+    state.add_worker(W1, 5, now=0.0, threads=2)  # 3 of them prefetched
+    state.assign()
+    assert state.started(W1, (C1, 3))  # said started: it ran out of order? count it
+    state.remove_worker(W1, lost=True)
+    state.add_worker(W2, 10, now=0.0)
+    [assignment] = state.assign()
+    assert [t.lost_on for t in assignment.tasks] == [[W1], [W1], [], [W1], [], []]
+    assert not any(t.started for t in assignment.tasks)
+
+
+def test_unstarted_lists_tasks_held_by_workers_not_yet_started():
+    state = make_state()
+    submit_all(state, C1, range(5))
+    state.add_worker(W1, 2, now=0.0)
+    state.add_worker(W2, 2, now=0.0)
+    state.assign()
+    state.started(W1, (C1, 0))
+    held = state.unstarted(C1, [0, 1, 2, 3, 4])
+    # 0 is started; 4 is still queued at the broker.
+    assert held == {W1: [1], W2: [2, 3]}
+
+
+def test_withdrawn_tasks_requeue_at_the_front_in_order():
+    state = make_state()
+    submit_all(state, C1, range(6))
+    state.add_worker(W1, 4, now=0.0)
+    state.assign()
+    taken = state.withdraw(W1, [[C1, 2], [C1, 3], [C1, 99]], requeue=True)
+    assert taken == [(C1, 2), (C1, 3)]
+    assert state.clients[C1].queued == 4 and state.clients[C1].in_flight == 2
+    state.add_worker(W2, 10, now=0.0)
+    [assignment] = state.assign()
+    assert ids(assignment) == [2, 3, 4, 5]
+
+
+def test_withdrawn_tasks_for_a_cancel_are_dropped():
+    state = make_state()
+    submit_all(state, C1, range(3))
+    state.add_worker(W1, 3, now=0.0)
+    state.assign()
+    assert state.withdraw(W1, [[C1, 1]], requeue=False) == [(C1, 1)]
+    assert state.withdraw(W1, [[C1, 1]], requeue=False) == []  # taken already
+    assert state.finish(W1, (C1, 1)) is None  # its late result, if any, is dropped
+    assert state.clients[C1].in_flight == 2 and state.clients[C1].queued == 0
+    assert not state.queued

@@ -5,9 +5,16 @@
 
 The loop polls the socket, the runner's waker and a signal pipe. Each pass
 reads every waiting message, then sends one RESULTS with everything the
-threads finished (and started) since the last pass, returning one slot of
-credit per finished task. A task that runs for minutes never stalls this
+threads finished (and started) since the last pass, with credit for the
+tasks it can take next. A task that runs for minutes never stalls this
 loop, so heartbeats and other results keep flowing.
+
+Prefetch: while tasks are short (a few milliseconds), a broker round trip
+between two tasks would leave the threads idle most of the time, so the
+worker asks for more tasks than it has threads, enough for a couple of
+milliseconds of work each. Tasks waiting here behind long-running ones are
+given back for other workers to run, and a cancel reaches them here too
+(the broker asks with WITHDRAW), so prefetching changes no semantics.
 
 If the broker falls silent for ``liveness`` heartbeats the worker reconnects
 with a delay that doubles up to a cap, and offers the slots it has free.
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import signal
 import socket as socketlib
@@ -26,7 +34,7 @@ import zmq
 
 from protocol import (
     PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
-    WorkerResults, decode, encode, split_frames,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, split_frames,
 )
 from protocol import defaults
 from protocol.security import HandshakeWatch, Security
@@ -41,6 +49,13 @@ MAX_RESULTS_PER_MESSAGE = 1000
 # Task output per message at most: it travels in the msgpack header, which
 # has a hard limit (protocol.frames.MAX_HEADER_SIZE).
 MAX_OUTPUT_PER_MESSAGE = 1 << 20
+# Prefetch while the average task takes less than this...
+PREFETCH_BELOW = 0.005
+# ...about this much work per thread, in tasks at most PREFETCH_MAX per thread.
+PREFETCH_SPAN = 0.002
+PREFETCH_MAX = 32
+# Tasks waiting behind threads that have all been busy this long go back to the broker.
+GIVE_BACK_AFTER = 0.02
 
 
 class Exit(enum.IntEnum):
@@ -78,6 +93,8 @@ class Agent:
         self._waker = Waker()
         self._runner = Runner(threads, self._waker.wake)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
+        self._outstanding = 0  # credit the broker has not used yet
+        self._task_time: float | None = None  # moving average of task run times
         self._draining = False
         self._drain_confirmed = False
         self._stop_now = False
@@ -130,6 +147,8 @@ class Agent:
             next_chore = min(self._last_send + self.heartbeat_interval,
                              self._broker_seen + self.heartbeat_interval * self.liveness)
             timeout = max(0.0, next_chore - time.monotonic())
+            if self._runner.waiting:
+                timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
             events = dict(poller.poll(timeout * 1000))
             if any(fd in events for fd in self.watch_fds):
                 log.info("parent process has exited; stopping")
@@ -152,7 +171,11 @@ class Agent:
                 if outcome is not None:
                     return outcome
             self._send_results()
+            if self._runner.waiting:
+                self._give_back_waiting()
             if self._draining and not announced_drain:
+                if self._runner.waiting:  # other workers may run them now
+                    self._give_back(0, list(self._runner.waiting))
                 log.info("draining: finishing %d running task(s), taking no new ones",
                          len(self._running))
                 self._send(Drain())
@@ -190,9 +213,9 @@ class Agent:
         sock.connect(self.address)
         self._broker_seen = time.monotonic()
         # Offer the slots that are free now; running tasks return theirs as they finish.
-        credit = 0 if self._draining else self.threads - len(self._running)
-        self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
-                         host=self._host))
+        self._outstanding = 0
+        self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=self._grant(), pid=os.getpid(),
+                         host=self._host, threads=self.threads))
         if self._draining:  # a new broker must hear it too
             self._drain_confirmed = False
             self._send(Drain())
@@ -238,6 +261,8 @@ class Agent:
             elif message.op is Op.REFUSED:
                 log.error("the broker refused this worker: %s", message.reason)
                 return Exit.REFUSED
+            elif message.op is Op.WITHDRAW:
+                self.on_withdraw(message)
             elif message.op is Op.DRAIN:
                 self._drain_confirmed = True
             elif message.op is Op.ERROR:
@@ -261,6 +286,49 @@ class Agent:
             key = (client_id, task_id)
             self._running.add(key)
             self._runner.submit(key, frames)
+        self._outstanding = max(0, self._outstanding - len(dispatch.tasks))
+
+    def on_withdraw(self, request: Withdraw) -> None:
+        keys = [key for key in map(tuple, request.tasks) if key in self._running]
+        self._give_back(request.request_id, keys)
+
+    def _give_back(self, request_id: int, keys: list) -> None:
+        taken = self._runner.withdraw(keys)
+        self._running.difference_update(taken)
+        self._send(Withdrawn(request_id, [list(k) for k in taken], self._grant()))
+
+    def _grant(self) -> int:
+        """Credit to offer now: room up to the target, counting what we hold
+        and what the broker may still send."""
+        if self._draining:
+            return 0
+        grant = max(0, self.threads + self._prefetch() - len(self._running) - self._outstanding)
+        self._outstanding += grant
+        return grant
+
+    def _prefetch(self) -> int:
+        if self._task_time is None or self._task_time > PREFETCH_BELOW:
+            return 0
+        if self._oldest_busy_since() is not None:
+            return 0  # long tasks occupy every thread now
+        per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(self._task_time, 1e-6)))
+        return self.threads * per_thread
+
+    def _oldest_busy_since(self) -> float | None:
+        """If every thread has been running its task for GIVE_BACK_AFTER, the
+        start time of the youngest; else None."""
+        starts = self._runner.started_times()
+        if len(starts) < self.threads:
+            return None
+        youngest = max(starts)
+        return youngest if time.monotonic() - youngest >= GIVE_BACK_AFTER else None
+
+    def _give_back_waiting(self) -> None:
+        """Tasks waiting here behind long ones: let other workers run them."""
+        if self._runner.waiting and self._oldest_busy_since() is not None:
+            log.debug("giving back %d task(s) waiting behind long ones",
+                      len(self._runner.waiting))
+            self._give_back(0, list(self._runner.waiting))
 
     def _send_results(self) -> None:
         self._waker.clear()
@@ -282,12 +350,14 @@ class Agent:
                     else:
                         printed.append([key[0], key[1], stream, [text]])
                 else:
-                    _, key, status, frames = event
+                    _, key, status, frames, seconds = event
+                    average = self._task_time
+                    self._task_time = seconds if average is None else average * 0.8 + seconds * 0.2
                     started.pop(key, None)  # its result says it started
                     self._running.discard(key)
                     results.append([key[0], key[1], int(status), len(frames)])
                     payload.extend(frames)
-            credit = 0 if self._draining else len(results)
+            credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
             self._send(WorkerResults(results, [list(k) for k in started], credit, printed),

@@ -7,6 +7,7 @@ import collections
 import logging
 import queue
 import threading
+import time
 from typing import Callable
 
 from protocol import Status
@@ -22,8 +23,9 @@ class Runner:
     """A fixed set of threads taking ``(key, frames)`` from a queue.
 
     Each thread reports ``("started", key)``, ``("output", key, stream,
-    text)`` for what the task prints, and ``("done", key, status, frames)`` on
-    ``events``, and calls ``notify`` so the I/O loop wakes.
+    text)`` for what the task prints, and ``("done", key, status, frames,
+    seconds)`` on ``events``, and calls ``notify`` so the I/O loop wakes.
+    Tasks not yet started can be withdrawn (``withdraw``).
     """
 
     def __init__(self, threads: int, notify: Callable[[], None]) -> None:
@@ -35,6 +37,11 @@ class Runner:
         self._init_frames: dict[bytes, list] = {}
         self._init_results: dict[bytes, tuple | None] = {}
         self._init_lock = threading.Lock()
+        # Guards the moment a task starts against its withdrawal.
+        self._start_lock = threading.Lock()
+        self.running: dict[tuple, float] = {}  # key -> monotonic start time
+        self.waiting: set[tuple] = set()  # submitted, not started
+        self._withdrawn: set[tuple] = set()
         output.capture(self._on_output)
         self._threads = [threading.Thread(target=self._loop, name=f"zeropool-task-{i}",
                                           daemon=True) for i in range(threads)]
@@ -45,6 +52,8 @@ class Runner:
         self._init_frames[client_id] = frames
 
     def submit(self, key: tuple, frames: list) -> None:
+        with self._start_lock:
+            self.waiting.add(key)
         self._tasks.put((key, frames))
 
     def stop(self) -> None:
@@ -58,6 +67,12 @@ class Runner:
     def _loop(self) -> None:
         while (item := self._tasks.get()) is not None:
             key, frames = item
+            with self._start_lock:
+                if key in self._withdrawn:
+                    self._withdrawn.discard(key)
+                    continue
+                self.waiting.discard(key)
+                start = self.running[key] = time.monotonic()
             self.events.append(("started", key))
             self._notify()
             output.running(key)
@@ -65,8 +80,25 @@ class Runner:
                 status, out = self.run(key[0], frames)
             finally:
                 output.running(None)
-            self.events.append(("done", key, status, out))
+            with self._start_lock:
+                del self.running[key]
+            self.events.append(("done", key, status, out, time.monotonic() - start))
             self._notify()
+
+    def started_times(self) -> list[float]:
+        with self._start_lock:
+            return list(self.running.values())
+
+    def withdraw(self, keys) -> list:
+        """Of ``keys`` (tasks submitted here), take back those not started."""
+        taken = []
+        with self._start_lock:
+            for key in keys:
+                if key in self.waiting:
+                    self.waiting.discard(key)
+                    self._withdrawn.add(key)
+                    taken.append(key)
+        return taken
 
     def _on_output(self, key: tuple, stream: int, text: str) -> None:
         for start in range(0, len(text), OUTPUT_CHUNK):  # one huge write stays sendable
