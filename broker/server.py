@@ -46,6 +46,10 @@ log = logging.getLogger("zeropool.broker")
 MAX_READS_PER_PASS = 2000
 # Bad-input log lines per heartbeat interval; the rest are counted.
 MAX_COMPLAINTS_PER_INTERVAL = 10
+# Peers told about their bad input (or sent a status report) per heartbeat
+# interval, once each: replies to a peer that never reads them would pile up
+# here without bound (there is no high-water mark).
+MAX_PEERS_ANSWERED_PER_INTERVAL = 1000
 
 
 @dataclass(slots=True)
@@ -123,6 +127,7 @@ class Broker:
         self._cancel_ids = itertools.count(1)
         self._unreachable: set[bytes] = set()
         self._complaints = 0
+        self._answered: set[bytes] = set()
 
     @property
     def stopping(self) -> bool:
@@ -179,6 +184,7 @@ class Broker:
                     if self.zap is not None:
                         self._reload_keys()
                     self._complaints = 0
+                    self._answered.clear()
                     self.stats.sample(now)
                     next_chores = now + self.heartbeat_interval
             self._say_goodbye()
@@ -303,7 +309,8 @@ class Broker:
                 f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
                 f"{request.version}", PROTOCOL_VERSION))
             return
-        self._send(peer_id, StatsReply(self.report()))
+        if self._may_answer(peer_id):
+            self._send(peer_id, StatsReply(self.report()))
 
     def report(self) -> dict:
         """What ``broker status`` shows: plain values only."""
@@ -533,6 +540,14 @@ class Broker:
         for peer_id in [*self.state.workers, *self.state.clients]:
             self._send(peer_id, Bye("broker stopping"))
 
+    def _may_answer(self, peer_id: bytes) -> bool:
+        """Whether an unasked-for reply may go to this peer now (see
+        MAX_PEERS_ANSWERED_PER_INTERVAL)."""
+        if peer_id in self._answered or len(self._answered) >= MAX_PEERS_ANSWERED_PER_INTERVAL:
+            return False
+        self._answered.add(peer_id)
+        return True
+
     def _complain(self, peer_id: bytes, code: str, text: str) -> None:
         """Log bad input at a bounded rate and tell the peer, then carry on."""
         self._complaints += 1
@@ -540,7 +555,8 @@ class Broker:
             log.warning("peer %s: %s: %s", peer_id.hex(), code, text)
         elif self._complaints == MAX_COMPLAINTS_PER_INTERVAL + 1:
             log.warning("more bad messages this interval; not logging them")
-        self._send(peer_id, Error(code, text[:1000]))
+        if self._may_answer(peer_id):
+            self._send(peer_id, Error(code, text[:1000]))
 
 
 def _return_memory_to_the_system() -> None:
