@@ -1,35 +1,75 @@
 """zeropool's benchmark suite: zeropool beside the stdlib ProcessPoolExecutor (and
 loky and Dask distributed when installed), same workloads, same run.
 
-    python -m bench.run            # the default sizes (a few minutes on 2 cores)
+    python -m bench.run            # the issue's sizes (a million queued calls: minutes)
     python -m bench.run --quick    # smaller sizes, for a smoke test
 
-Writes bench/results/latest.json and latest.md. Every comparison is a ratio
-measured in the same run, because shared machines are noisy.
+Writes bench/results/latest.json and latest.md (or --output PREFIX.json and
+.md). Every comparison is a ratio measured in the same run, because shared
+machines are noisy; the table marks each of issue 5's targets as met or not.
+
+The workloads with many queued calls (a million queued, dispatch cost by
+queue length) run each in a fresh interpreter (bench/queued.py), so that one
+workload's memory does not count in another's peak, and only for zeropool and
+ProcessPoolExecutor: draining a million calls through loky or Dask would take
+longer than the rest of the suite together.
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import importlib.metadata
 import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from typing import Callable
 
 from bench import tasks
+from bench.queued import TIMEOUT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = 2
+PPE = "ProcessPoolExecutor"
+# Pools that run the queued workloads (see the module docstring).
+QUEUED_POOLS = ("zeropool", PPE)
+
+FULL = dict(noop=20_000, map=100_000, map_unchunked=10_000, latency=2_000, cpu_tasks=40,
+            cpu_n=1_000_000, payload=10_000_000, payload_repeat=10,
+            dispatch=[1_000, 100_000], queued=1_000_000, skip=200, slice=2_000)
+QUICK = dict(noop=2_000, map=10_000, map_unchunked=1_000, latency=200, cpu_tasks=8,
+             cpu_n=300_000, payload=10_000_000, payload_repeat=2,
+             dispatch=[1_000, 5_000], queued=20_000, skip=100, slice=300)
+
+
+class _DaskExecutor(cf.Executor):
+    """Dask's executor, whose shutdown also stops the LocalCluster it started."""
+
+    def __init__(self) -> None:
+        import distributed
+        self._client = distributed.Client(n_workers=WORKERS, threads_per_worker=1,
+                                          processes=True)
+        self._executor = self._client.get_executor()
+
+    def submit(self, fn, /, *args, **kwargs):
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        return self._executor.map(fn, *iterables, timeout=timeout, chunksize=chunksize)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        self._executor.shutdown(wait=wait)
+        self._client.shutdown()
 
 
 def pools() -> dict[str, Callable[[], cf.Executor]]:
     import client
     found: dict[str, Callable[[], cf.Executor]] = {
         "zeropool": lambda: client.Executor(WORKERS),
-        "ProcessPoolExecutor": lambda: cf.ProcessPoolExecutor(WORKERS),
+        PPE: lambda: cf.ProcessPoolExecutor(WORKERS),
     }
     try:
         import loky
@@ -37,9 +77,8 @@ def pools() -> dict[str, Callable[[], cf.Executor]]:
     except ImportError:
         pass
     try:
-        import distributed
-        found["dask"] = lambda: distributed.Client(
-            n_workers=WORKERS, threads_per_worker=1, processes=True).get_executor()
+        import distributed  # noqa: F401
+        found["dask"] = _DaskExecutor
     except ImportError:
         pass
     return found
@@ -80,16 +119,17 @@ def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> float:
     return (one * count / WORKERS) / wall
 
 
-def bandwidth(ex: cf.Executor, size: int, repeat: int) -> tuple[float, float]:
-    payload = b"x" * size
-    ex.submit(tasks.size_of, payload).result()  # warm up
+def bandwidth(ex: cf.Executor, payload, measure: Callable, make: Callable,
+              size: int, repeat: int) -> tuple[float, float]:
+    """GB/s of ``payload`` as an argument, then of ``make(size)`` as a result."""
+    assert ex.submit(measure, payload).result() == size  # warm up
     start = time.perf_counter()
     for _ in range(repeat):
-        assert ex.submit(tasks.size_of, payload).result() == size
+        assert ex.submit(measure, payload).result() == size
     up = size * repeat / (time.perf_counter() - start) / 1e9
     start = time.perf_counter()
     for _ in range(repeat):
-        assert len(ex.submit(tasks.make_bytes, size).result()) == size
+        assert measure(ex.submit(make, size).result()) == size
     down = size * repeat / (time.perf_counter() - start) / 1e9
     return up, down
 
@@ -103,82 +143,249 @@ def startup(factory: Callable[[], cf.Executor]) -> float:
     return elapsed
 
 
-def measure(name: str, factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> dict:
-    result: dict = {"startup_s": startup(factory)}
+def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> dict:
+    """The workloads that run in this process, on one pool."""
+    result: dict = {"startup_s": statistics.median(startup(factory) for _ in range(repeats))}
     ex = factory()
     try:
         ex.submit(tasks.noop).result()
-        runs = [noop_throughput(ex, sizes["noop"]) for _ in range(repeats)]
-        result["noop_tasks_per_s"] = statistics.median(runs)
+        result["noop_tasks_per_s"] = statistics.median(
+            noop_throughput(ex, sizes["noop"]) for _ in range(repeats))
         result["map_items_per_s"] = statistics.median(
-            map_throughput(ex, sizes["map"] // 10, 1) for _ in range(repeats))
+            map_throughput(ex, sizes["map_unchunked"], 1) for _ in range(repeats))
         result["map_chunk1000_items_per_s"] = statistics.median(
             map_throughput(ex, sizes["map"], 1000) for _ in range(repeats))
-        p50, p99 = latency(ex, sizes["latency"])
-        result["p50_us"], result["p99_us"] = p50, p99
+        result["p50_us"], result["p99_us"] = latency(ex, sizes["latency"])
         result["cpu_efficiency"] = cpu_efficiency(ex, sizes["cpu_tasks"], sizes["cpu_n"])
-        up, down = bandwidth(ex, sizes["payload"], sizes["payload_repeat"])
-        result["payload_up_GBps"], result["payload_down_GBps"] = up, down
+        size, repeat = sizes["payload"], sizes["payload_repeat"]
+        result["payload_up_GBps"], result["payload_down_GBps"] = bandwidth(
+            ex, b"x" * size, tasks.size_of, tasks.make_bytes, size, repeat)
+        try:
+            import numpy
+        except ImportError:
+            pass
+        else:
+            result["array_up_GBps"], result["array_down_GBps"] = bandwidth(
+                ex, numpy.ones(size // 8), tasks.nbytes, tasks.make_array, size, repeat)
     finally:
         ex.shutdown()
     return result
 
 
-COLUMNS = [
-    ("startup_s", "startup to 1st result (s)", "{:.2f}"),
-    ("noop_tasks_per_s", "no-op submit+as_completed (tasks/s)", "{:,.0f}"),
-    ("map_items_per_s", "map chunksize=1 (items/s)", "{:,.0f}"),
-    ("map_chunk1000_items_per_s", "map chunksize=1000 (items/s)", "{:,.0f}"),
-    ("p50_us", "round trip p50 (µs)", "{:,.0f}"),
-    ("p99_us", "round trip p99 (µs)", "{:,.0f}"),
-    ("cpu_efficiency", "CPU scaling efficiency", "{:.2f}"),
-    ("payload_up_GBps", "10 MB argument (GB/s)", "{:.2f}"),
-    ("payload_down_GBps", "10 MB result (GB/s)", "{:.2f}"),
-]
+def queued(pool: str, n: int, sizes: dict, drain: bool) -> dict:
+    """One run of bench/queued.py in a fresh interpreter; its JSON result."""
+    argv = [sys.executable, "-m", "bench.queued", pool, str(n), "--skip", str(sizes["skip"]),
+            "--slice", str(sizes["slice"])] + (["--drain"] if drain else [])
+    env = dict(os.environ)
+    root = os.path.dirname(HERE)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[1:])} failed (exit {done.returncode}):\n"
+                           f"{done.stderr}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    _wait_gone(result.pop("pids"))
+    return result
 
 
-def markdown(results: dict) -> str:
+def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait for an abandoned cluster to stop, so it does not load the next measure."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)
+
+
+def measure_queued(pool: str, sizes: dict) -> dict:
+    """Dispatch cost with few and many queued, then a full queue drained."""
+    result: dict = {}
+    for name, n in zip(("small", "mid"), sizes["dispatch"]):
+        print(f"  {pool}: dispatch with {n:,} queued ...", file=sys.stderr, flush=True)
+        run = queued(pool, n, sizes, drain=False)
+        result[f"dispatch_{name}_us"] = run["dispatch_us"]
+        if "broker_cpu_us" in run:
+            result[f"broker_cpu_{name}_us"] = run["broker_cpu_us"]
+    print(f"  {pool}: {sizes['queued']:,} queued, then drained ...", file=sys.stderr, flush=True)
+    run = queued(pool, sizes["queued"], sizes, drain=True)
+    result["dispatch_large_us"] = run["dispatch_us"]
+    result["dispatch_growth"] = run["dispatch_us"] / result["dispatch_small_us"]
+    if "broker_cpu_us" in run:
+        result["broker_cpu_large_us"] = run["broker_cpu_us"]
+        result["broker_cpu_growth"] = run["broker_cpu_us"] / result["broker_cpu_small_us"]
+    result["queued_submit_s"] = run["submit_s"]
+    result["queued_total_s"] = run["total_s"]
+    result["client_rss_mb"] = run["client_rss_mb"]
+    if "broker_rss_mb" in run:
+        result["broker_rss_mb"] = run["broker_rss_mb"]
+    return result
+
+
+def rows(sizes: dict) -> list[tuple[str, str, str]]:
+    """(key, label, format) of each line of the table; ↑ higher is better, ↓ lower."""
+    small, mid = sizes["dispatch"]
+    big = sizes["queued"]
+    mb = sizes["payload"] / 1e6
+    return [
+        ("startup_s", "↓ startup to 1st result (s)", "{:.2f}"),
+        ("noop_tasks_per_s", f"↑ no-op submit+as_completed, {sizes['noop']:,} (tasks/s)",
+         "{:,.0f}"),
+        ("map_items_per_s", f"↑ map {sizes['map_unchunked']:,} items, chunksize=1 (items/s)",
+         "{:,.0f}"),
+        ("map_chunk1000_items_per_s", f"↑ map {sizes['map']:,} items, chunksize=1000 (items/s)",
+         "{:,.0f}"),
+        ("p50_us", "↓ round trip p50 (µs)", "{:,.0f}"),
+        ("p99_us", "↓ round trip p99 (µs)", "{:,.0f}"),
+        ("cpu_efficiency", f"↑ CPU scaling efficiency, {sizes['cpu_tasks']} tasks", "{:.2f}"),
+        ("payload_up_GBps", f"↑ {mb:g} MB bytes argument (GB/s)", "{:.2f}"),
+        ("payload_down_GBps", f"↑ {mb:g} MB bytes result (GB/s)", "{:.2f}"),
+        ("array_up_GBps", f"↑ {mb:g} MB NumPy argument (GB/s)", "{:.2f}"),
+        ("array_down_GBps", f"↑ {mb:g} MB NumPy result (GB/s)", "{:.2f}"),
+        ("queued_total_s", f"↓ {big:,} queued, then collected: total (s)", "{:,.1f}"),
+        ("client_rss_mb", f"↓ {big:,} queued: client peak RSS (MB)", "{:,.0f}"),
+        ("broker_rss_mb", f"↓ {big:,} queued: broker peak RSS (MB)", "{:,.0f}"),
+        ("dispatch_small_us", f"↓ dispatch per task, {small:,} queued (µs)", "{:,.1f}"),
+        ("dispatch_mid_us", f"↓ dispatch per task, {mid:,} queued (µs)", "{:,.1f}"),
+        ("dispatch_large_us", f"↓ dispatch per task, {big:,} queued (µs)", "{:,.1f}"),
+        ("dispatch_growth", f"↓ dispatch per task, {big:,} ÷ {small:,} queued", "{:.2f}"),
+        ("broker_cpu_small_us", f"↓ broker CPU per task, {small:,} queued (µs)", "{:,.1f}"),
+        ("broker_cpu_mid_us", f"↓ broker CPU per task, {mid:,} queued (µs)", "{:,.1f}"),
+        ("broker_cpu_large_us", f"↓ broker CPU per task, {big:,} queued (µs)", "{:,.1f}"),
+        ("broker_cpu_growth", f"↓ broker CPU per task, {big:,} ÷ {small:,} queued", "{:.2f}"),
+    ]
+
+
+# Issue 5's targets: key -> [(text, peer or None, test of zeropool's value
+# (and the peer's))]. A target whose peer did not run is left out.
+TARGETS: dict[str, list[tuple[str, str | None, Callable]]] = {
+    "startup_s": [("≤ 1 s", None, lambda z: z <= 1.0)],
+    "noop_tasks_per_s": [("≥ 5× PPE", PPE, lambda z, p: z >= 5 * p),
+                         ("≥ 10× loky", "loky", lambda z, p: z >= 10 * p),
+                         ("≥ 50× Dask", "dask", lambda z, p: z >= 50 * p)],
+    "map_chunk1000_items_per_s": [("≥ 1× PPE", PPE, lambda z, p: z >= p)],
+    "p50_us": [("≤ PPE", PPE, lambda z, p: z <= p),
+               ("≤ 1/20 Dask", "dask", lambda z, p: z <= p / 20)],
+    "p99_us": [("< 2 ms", None, lambda z: z < 2000)],
+    "cpu_efficiency": [("≥ 0.95", None, lambda z: z >= 0.95)],
+    "payload_up_GBps": [("≥ 1 GB/s", None, lambda z: z >= 1.0)],
+    "payload_down_GBps": [("≥ 1 GB/s", None, lambda z: z >= 1.0)],
+    "array_up_GBps": [("≥ 1 GB/s", None, lambda z: z >= 1.0)],
+    "array_down_GBps": [("≥ 1 GB/s", None, lambda z: z >= 1.0)],
+    "client_rss_mb": [("≤ 1.5× PPE", PPE, lambda z, p: z <= 1.5 * p)],
+    "broker_rss_mb": [("≤ 300 MB", None, lambda z: z <= 300)],
+    "dispatch_growth": [("≤ 1.2", None, lambda z: z <= 1.2)],
+    "broker_cpu_growth": [("≤ 1.2", None, lambda z: z <= 1.2)],
+}
+
+
+def verdicts(results: dict) -> dict[str, list[dict]]:
+    """Each target of each measure: its text and whether zeropool met it (None: not measured)."""
+    ours = results.get("zeropool", {})
+    found: dict[str, list[dict]] = {}
+    for key, targets in TARGETS.items():
+        for text, peer, test in targets:
+            if peer is not None and key not in results.get(peer, {}):
+                continue
+            if key not in ours:
+                met = None
+            elif peer is None:
+                met = bool(test(ours[key]))
+            else:
+                met = bool(test(ours[key], results[peer][key]))
+            found.setdefault(key, []).append({"target": text, "met": met})
+    return found
+
+
+def markdown(results: dict, sizes: dict, targets: dict) -> str:
     names = list(results)
-    lines = ["| measure | " + " | ".join(names) + " | zeropool ÷ " + " | zeropool ÷ ".join(
-        n for n in names if n != "zeropool") + " |"]
-    lines.append("|" + " --- |" * (1 + 2 * len(names) - 1))
-    for key, label, fmt in COLUMNS:
-        cells = [fmt.format(results[n][key]) for n in names]
-        ratios = [f"{results['zeropool'][key] / results[n][key]:.2f}×" for n in names
-                  if n != "zeropool" and results[n][key]]
-        lines.append(f"| {label} | " + " | ".join(cells + ratios) + " |")
+    others = [n for n in names if n != "zeropool"] if "zeropool" in results else []
+    header = ["measure", *names, *(f"zeropool ÷ {n}" for n in others), "issue 5 target: met?"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for key, label, fmt in rows(sizes):
+        if not any(key in results[n] for n in names):
+            continue
+        cells = [fmt.format(results[n][key]) if key in results[n] else "—" for n in names]
+        ours = results.get("zeropool", {}).get(key)
+        if key.endswith("_growth"):
+            ours = None  # a ratio of ratios says nothing
+        for n in others:
+            theirs = results[n].get(key)
+            cells.append(f"{ours / theirs:.2f}×" if ours is not None and theirs else "—")
+        met = {True: "yes", False: "**no**", None: "not measured"}
+        cells.append("; ".join(f"{t['target']}: {met[t['met']]}" for t in targets.get(key, [])))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def machine(sizes: dict) -> dict:
+    """Where and with what this run was measured."""
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    versions = {}
+    for package in ("zeropool", "pyzmq", "msgpack", "cloudpickle", "numpy", "loky",
+                    "distributed"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    try:
+        import zmq
+        versions["libzmq"] = zmq.zmq_version()
+    except ImportError:
+        pass
+    return {"python": sys.version.split()[0], "platform": platform.platform(), "cpu": cpu,
+            "cpus": os.cpu_count(), "workers": WORKERS, "threads_per_worker": 1,
+            "load_average": os.getloadavg(), "versions": versions, "sizes": sizes,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (default: off)")
     parser.add_argument("--only", action="append", help="run only these pools (default: all)")
+    parser.add_argument("--output", metavar="PREFIX",
+                        default=os.path.join(HERE, "results", "latest"),
+                        help="write PREFIX.json and PREFIX.md (default: bench/results/latest)")
     args = parser.parse_args(argv)
-    sizes = dict(noop=20_000, map=100_000, latency=2_000, cpu_tasks=40, cpu_n=1_000_000,
-                 payload=10_000_000, payload_repeat=10)
-    repeats = 3
-    if args.quick:
-        sizes = dict(noop=2_000, map=10_000, latency=200, cpu_tasks=8, cpu_n=300_000,
-                     payload=10_000_000, payload_repeat=2)
-        repeats = 1
+    sizes = dict(QUICK if args.quick else FULL)
+    repeats = 1 if args.quick else 3
+    about = machine(sizes)  # the load average before this run adds its own
     results = {}
     for name, factory in pools().items():
         if args.only and name not in args.only:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results[name] = measure(name, factory, sizes, repeats)
-    machine = {"python": sys.version.split()[0], "platform": platform.platform(),
-               "cpus": os.cpu_count(), "workers": WORKERS, "sizes": sizes,
-               "date": time.strftime("%Y-%m-%d %H:%M:%S")}
-    table = markdown(results)
+        results[name] = measure(factory, sizes, repeats)
+        if name in QUEUED_POOLS:
+            results[name].update(measure_queued(name, sizes))
+    targets = verdicts(results)
+    table = markdown(results, sizes, targets)
     print(table)
-    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    with open(os.path.join(HERE, "results", "latest.json"), "w") as f:
-        json.dump({"machine": machine, "results": results}, f, indent=2)
-    with open(os.path.join(HERE, "results", "latest.md"), "w") as f:
-        f.write(f"Measured {machine['date']} on {machine['platform']}, Python "
-                f"{machine['python']}, {machine['cpus']} CPUs, {WORKERS} workers × 1 thread.\n\n"
+    directory = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(directory, exist_ok=True)
+    with open(args.output + ".json", "w") as f:
+        json.dump({"machine": about, "results": results, "targets": targets}, f, indent=2)
+    versions = ", ".join(f"{k} {v}" for k, v in about["versions"].items())
+    with open(args.output + ".md", "w") as f:
+        f.write(f"Measured {about['date']} on {about['platform']} ({about['cpu']}), "
+                f"{about['cpus']} CPUs, load average {about['load_average'][0]:.2f} at the "
+                f"start; Python {about['python']}, {versions}; {WORKERS} workers × 1 thread. "
+                "↑: higher is better, ↓: lower. Dispatch per task: wall time to run "
+                f"{sizes['slice']:,} no-op calls from the head of a queue that stays at least "
+                "N long (all queued behind blockers first); broker CPU per task: the "
+                "broker's own CPU time over the same calls. The queued workloads run for "
+                "zeropool and ProcessPoolExecutor only.\n\n"
                 + table + "\n")
     return 0
 

@@ -1,6 +1,9 @@
 """Task functions for the benchmarks (importable, so every pool pickles them by reference)."""
 from __future__ import annotations
 
+import os
+import time
+
 
 def noop(x=None):
     return x
@@ -24,3 +27,28 @@ def size_of(payload) -> int:
 
 def make_bytes(n: int) -> bytes:
     return b"x" * n
+
+
+def nbytes(array) -> int:
+    return array.nbytes
+
+
+def make_array(n: int):
+    """A float64 NumPy array of ``n`` bytes."""
+    import numpy
+    return numpy.ones(n // 8)
+
+
+def blocker(directory: str, timeout: float) -> None:
+    """Hold a worker until ``directory``/release exists, so calls queue up behind it.
+
+    Announces itself with a file of its own, so the caller knows it is running
+    (a pool's ``running()`` may say so before any worker has the call). Polls
+    rather than blocking on a pipe so that it can never outlive ``timeout``.
+    """
+    with open(os.path.join(directory, f"started-{os.getpid()}-{time.monotonic_ns()}"), "w"):
+        pass
+    deadline = time.monotonic() + timeout
+    release = os.path.join(directory, "release")
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.001)
