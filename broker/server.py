@@ -34,7 +34,7 @@ from broker.stats import Stats as Counters
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
-    Withdraw, Withdrawn, WorkerResults, decode, encode, split_frames,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload, unpack_payloads,
 )
 from protocol import defaults
 from protocol.security import key_id
@@ -44,6 +44,8 @@ log = logging.getLogger("zeropool.broker")
 # Messages read per pass before dispatching: large enough to batch a burst,
 # small enough that a flood from one client cannot starve timed chores.
 MAX_READS_PER_PASS = 2000
+# Result rows per RESULTS message to a client (rows may carry 4 KiB inline).
+MAX_RESULTS_PER_MESSAGE = 1000
 # Bad-input log lines per heartbeat interval; the rest are counted.
 MAX_COMPLAINTS_PER_INTERVAL = 10
 # Peers told about their bad input (or sent a status report) per heartbeat
@@ -337,10 +339,10 @@ class Broker:
         }
 
     def on_submit(self, client_id: bytes, submit: Submit, payload: list) -> None:
-        groups = split_frames([nframes for _, nframes in submit.tasks], payload)
+        groups = unpack_payloads(submit.tasks, 1, payload)
         now = time.monotonic()
         accepted = 0
-        for (task_id, _), frames in zip(submit.tasks, groups):
+        for (task_id, _, _), frames in zip(submit.tasks, groups):
             if self.state.submit(client_id, task_id, frames, now):
                 accepted += 1
             else:
@@ -371,7 +373,9 @@ class Broker:
             pending.cancelled.extend(task_id for _, task_id in taken)
             pending.waiting.pop(worker_id, None)
             self._answer_cancel(news.request_id)
-        elif taken:
+        else:
+            # Unasked: it is busy with long tasks and takes back its unused credit.
+            self.state.drop_credit(worker_id)
             log.debug("worker %s gave back %d task(s) waiting behind long ones",
                       worker_id.hex(), len(taken))
         if news.credit:
@@ -406,10 +410,10 @@ class Broker:
             for client_id, task_id, stream, text in news.output:
                 if self.state.started(worker_id, (client_id, task_id)):
                     self._outgoing_for(client_id).output.append([task_id, stream, text, label])
-        groups = split_frames([row[3] for row in news.results], payload)
+        groups = unpack_payloads(news.results, 3, payload)
         now = time.monotonic()
         stats = self.stats
-        for (client_id, task_id, status, nframes), frames in zip(news.results, groups):
+        for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
             task = self.state.finish(worker_id, (client_id, task_id))
             if task is None:
                 log.debug("dropped result of task %d from worker %s: not in flight there",
@@ -424,7 +428,8 @@ class Broker:
                 self.state.workers[worker_id].failed += 1
             stats.task_duration.observe(now - task.dispatched)
             out = self._outgoing_for(client_id)
-            out.results.append([task_id, status, nframes])
+            nframes, inline, frames = pack_payload(frames)
+            out.results.append([task_id, status, nframes, inline])
             out.payload.extend(frames)
         if news.credit:
             self.state.add_credit(worker_id, news.credit)
@@ -481,8 +486,9 @@ class Broker:
             for client_id, frames in assignment.inits:
                 payload.extend(frames)
             for task in assignment.tasks:
-                rows.append([task.client_id, task.task_id, len(task.frames)])
-                payload.extend(task.frames)
+                nframes, inline, frames = pack_payload(task.frames)
+                rows.append([task.client_id, task.task_id, nframes, inline])
+                payload.extend(frames)
                 task.dispatched = now
                 latency.observe(now - task.submitted)
             inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
@@ -492,8 +498,7 @@ class Broker:
         outgoing, self._outgoing = self._outgoing, {}
         for client_id, out in outgoing.items():
             if client_id in self.state.clients:
-                self._send(client_id, ClientResults(out.results, out.started, out.errors,
-                                                    out.output), out.payload)
+                self._send_results(client_id, out)
         while self._unreachable:
             peer_id = self._unreachable.pop()
             role = self.state.role_of(peer_id)
@@ -501,6 +506,25 @@ class Broker:
                 self._report(self.state.remove_worker(peer_id, lost=True), "unreachable")
             elif role == "client":
                 self._forget_client(peer_id, "is unreachable")
+
+    def _send_results(self, client_id: bytes, out: _Outgoing) -> None:
+        """One RESULTS per MAX_RESULTS_PER_MESSAGE rows, so that inline payloads
+        keep the header under its limit; news and output go with the first."""
+        rows, payload = out.results, out.payload
+        if len(rows) <= MAX_RESULTS_PER_MESSAGE:
+            self._send(client_id, ClientResults(rows, out.started, out.errors, out.output),
+                       payload)
+            return
+        frame = 0
+        for start in range(0, len(rows), MAX_RESULTS_PER_MESSAGE):
+            chunk = rows[start:start + MAX_RESULTS_PER_MESSAGE]
+            count = sum(row[2] for row in chunk)
+            if start == 0:
+                message = ClientResults(chunk, out.started, out.errors, out.output)
+            else:
+                message = ClientResults(chunk)
+            self._send(client_id, message, payload[frame:frame + count])
+            frame += count
 
     def _send_heartbeats(self) -> None:
         heartbeat = Heartbeat(len(self.state.workers))

@@ -224,6 +224,12 @@ class BrokerState:
         if worker.credit > 0:
             self.ready[worker_id] = None
 
+    def drop_credit(self, worker_id: bytes) -> None:
+        """The worker takes back the credit it offered and the broker has not used."""
+        worker = self.workers[worker_id]
+        worker.credit = 0
+        self.ready.pop(worker_id, None)
+
     def drain(self, worker_id: bytes) -> None:
         """Send this worker nothing more; it finishes what it holds, then leaves."""
         worker = self.workers[worker_id]

@@ -35,7 +35,7 @@ import zmq
 from client.errors import BrokerUnreachable, InitializerError, WorkerLostError
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
-    ProtocolError, Role, Status, Submit, decode, encode, split_frames,
+    ProtocolError, Role, Status, Submit, decode, encode, pack_payload, unpack_payloads,
 )
 from protocol import defaults
 from protocol.payload import dumps_call, loads_result, send_module_by_value
@@ -381,8 +381,9 @@ class Session:
                     if entry is None or entry.sent:
                         continue  # cancelled or failed meanwhile
                     entry.sent = True
-                    rows.append([entry.future.task_id, len(entry.frames)])
-                    payload.extend(entry.frames)
+                    nframes, inline, frames = pack_payload(entry.frames)
+                    rows.append([entry.future.task_id, nframes, inline])
+                    payload.extend(frames)
             if rows:
                 self._open += len(rows)
                 self._send(Submit(rows), payload)
@@ -442,8 +443,8 @@ class Session:
                 _start(entry.future)
         if message.output and self._task_output is not None:
             self._print(message.output)  # before the results: a task's output precedes its end
-        groups = split_frames([row[2] for row in message.results], payload)
-        for (task_id, status, _), frames in zip(message.results, groups):
+        groups = unpack_payloads(message.results, 2, payload)
+        for (task_id, status, _, _), frames in zip(message.results, groups):
             with self._lock:
                 entry = pending.pop(task_id, None)
             if entry is None:

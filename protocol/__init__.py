@@ -6,7 +6,7 @@ code), so that the broker, which imports only this, never loads an unpickler.
 from __future__ import annotations
 
 from protocol.defaults import PROTOCOL_VERSION
-from protocol.frames import decode, encode, split_frames
+from protocol.frames import decode, encode, pack_payload, split_frames, unpack_payloads
 from protocol.messages import (
     Bye,
     Cancel,
@@ -56,5 +56,7 @@ __all__ = [
     "WorkerResults",
     "decode",
     "encode",
+    "pack_payload",
     "split_frames",
+    "unpack_payloads",
 ]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 # Bumped on any incompatible change to messages.py or frames.py.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # A peer silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is dead.
 # One second keeps idle traffic negligible; five misses tolerate a busy GIL or
@@ -18,6 +18,12 @@ RECONNECT_DELAY_MAX = 5.0
 # the broker's memory. Enforced by ZeroMQ (MAXMSGSIZE applies per frame) and
 # checked again per message.
 MAX_MESSAGE_SIZE = 1 << 30
+
+# A call or result that pickles to one frame this small travels inside the
+# msgpack header instead of as a frame of its own: per-frame costs (a
+# syscall-free but still microseconds-long send and receive on every hop)
+# dominate tasks this size. Bigger payloads keep their zero-copy frames.
+INLINE_MAX = 4096
 
 # How many workers a task may be in flight on when they die before it is
 # declared a poison task and failed instead of requeued.

@@ -9,6 +9,7 @@ from typing import Sequence
 
 import msgpack
 
+from protocol.defaults import INLINE_MAX
 from protocol.messages import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
     Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, Withdraw, Withdrawn,
@@ -66,6 +67,33 @@ def decode(frames: Sequence, sender: Role | None = None) -> tuple[Message, list]
     else:
         kind = _KINDS[op]
     return kind.parse(header), list(frames[1:])
+
+
+def pack_payload(frames: list) -> tuple[int, bytes, list]:
+    """How one task's payload travels: ``(nframes, inline, frames)``. A single
+    small ``bytes`` frame goes inline in the header (nframes 0); anything else
+    as frames."""
+    if len(frames) == 1:
+        frame = frames[0]
+        if type(frame) is bytes and len(frame) <= INLINE_MAX:
+            return 0, frame, []
+    return len(frames), b"", frames
+
+
+def unpack_payloads(rows: Sequence, count_at: int, payload: Sequence) -> list[list]:
+    """Each row's payload: its inline bytes (the row's last item) if its frame
+    count (at ``count_at``) is 0, else its next frames from ``payload``."""
+    groups, start = [], 0
+    for row in rows:
+        count = row[count_at]
+        if count:
+            groups.append(payload[start:start + count])
+            start += count
+        else:
+            groups.append([row[-1]])
+    if start != len(payload):
+        raise ProtocolError(f"header announces {start} payload frames, got {len(payload)}")
+    return groups
 
 
 def split_frames(counts: Sequence[int], payload: Sequence) -> list[list]:

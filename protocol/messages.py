@@ -238,7 +238,12 @@ class Refused(Message):
 
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
-    """A batch of calls: ``tasks`` rows are ``[task_id, nframes]``."""
+    """A batch of calls: ``tasks`` rows are ``[task_id, nframes, inline]``.
+
+    Every row that carries a payload does so either inline (``nframes`` 0, the
+    pickled bytes in ``inline``) or as its next ``nframes`` payload frames
+    (``inline`` empty); see ``frames.pack_payload``.
+    """
 
     op: ClassVar[Op] = Op.SUBMIT
     tasks: list
@@ -248,10 +253,10 @@ class Submit(Message):
 
     @classmethod
     def parse(cls, header: dict) -> Submit:
-        rows = _rows(header, "tasks", 2)
-        for task_id, nframes in rows:
+        rows = _rows(header, "tasks", 3)
+        for task_id, nframes, inline in rows:
             _check_uint(task_id, "task id")
-            _check_uint(nframes, "frame count")
+            _check_payload(nframes, inline)
         return cls(rows)
 
 
@@ -295,7 +300,7 @@ class CancelReply(Message):
 
 @dataclass(frozen=True, slots=True)
 class Dispatch(Message):
-    """Tasks for a worker: ``tasks`` rows are ``[client_id, task_id, nframes]``.
+    """Tasks for a worker: ``tasks`` rows are ``[client_id, task_id, nframes, inline]``.
 
     ``inits`` rows ``[client_id, nframes]`` carry the initializers of clients
     whose tasks this worker has not seen before; their frames come first.
@@ -310,11 +315,11 @@ class Dispatch(Message):
 
     @classmethod
     def parse(cls, header: dict) -> Dispatch:
-        tasks = _rows(header, "tasks", 3)
-        for client_id, task_id, nframes in tasks:
+        tasks = _rows(header, "tasks", 4)
+        for client_id, task_id, nframes, inline in tasks:
             _check_peer_id(client_id)
             _check_uint(task_id, "task id")
-            _check_uint(nframes, "frame count")
+            _check_payload(nframes, inline)
         inits = _rows(header, "inits", 2)
         for client_id, nframes in inits:
             _check_peer_id(client_id)
@@ -326,7 +331,7 @@ class Dispatch(Message):
 class WorkerResults(Message):
     """A worker's news: finished tasks, tasks now running, and freed slots.
 
-    ``results`` rows are ``[client_id, task_id, status, nframes]``; ``started``
+    ``results`` rows are ``[client_id, task_id, status, nframes, inline]``; ``started``
     rows are ``[client_id, task_id]``; ``credit`` is how many more tasks the
     worker can take now; ``output`` rows ``[client_id, task_id, stream, text]``
     are what running tasks printed (stream 1: stdout, 2: stderr), sent before
@@ -348,12 +353,12 @@ class WorkerResults(Message):
 
     @classmethod
     def parse(cls, header: dict) -> WorkerResults:
-        results = _rows(header, "results", 4)
-        for client_id, task_id, status, nframes in results:
+        results = _rows(header, "results", 5)
+        for client_id, task_id, status, nframes, inline in results:
             _check_peer_id(client_id)
             _check_uint(task_id, "task id")
             _check_status(status)
-            _check_uint(nframes, "frame count")
+            _check_payload(nframes, inline)
         started = _rows(header, "started", 2)
         for client_id, task_id in started:
             _check_peer_id(client_id)
@@ -368,7 +373,7 @@ class WorkerResults(Message):
 
 @dataclass(frozen=True, slots=True)
 class ClientResults(Message):
-    """Results for one client: ``results`` rows ``[task_id, status, nframes]``,
+    """Results for one client: ``results`` rows ``[task_id, status, nframes, inline]``,
     ``started`` task ids, ``errors`` rows ``[task_id, code, message]`` for
     tasks the broker itself had to fail, and ``output`` rows ``[task_id,
     stream, text, worker]`` (what tasks printed, and where) to show before
@@ -389,11 +394,11 @@ class ClientResults(Message):
 
     @classmethod
     def parse(cls, header: dict) -> ClientResults:
-        results = _rows(header, "results", 3)
-        for task_id, status, nframes in results:
+        results = _rows(header, "results", 4)
+        for task_id, status, nframes, inline in results:
             _check_uint(task_id, "task id")
             _check_status(status)
-            _check_uint(nframes, "frame count")
+            _check_payload(nframes, inline)
         started = _get(header, "started", list)
         for task_id in started:
             _check_uint(task_id, "task id")
@@ -520,7 +525,8 @@ class Withdraw(Message):
 class Withdrawn(Message):
     """A worker gives back tasks it had not started: those a WITHDRAW asked
     for (``request_id`` > 0), or, unasked (``request_id`` 0), tasks waiting
-    behind long ones, for other workers to run. ``credit`` as in RESULTS."""
+    behind long ones, for other workers to run; unasked, it also takes back
+    all the credit the broker has not used. ``credit`` as in RESULTS."""
 
     op: ClassVar[Op] = Op.WITHDRAWN
     request_id: int
@@ -543,6 +549,15 @@ def _task_rows(header: dict) -> list:
         _check_peer_id(client_id)
         _check_uint(task_id, "task id")
     return tasks
+
+
+def _check_payload(nframes: Any, inline: Any) -> None:
+    _check_uint(nframes, "frame count")
+    if type(inline) is not bytes:
+        raise ProtocolError("a row's inline payload must be bytes")
+    if (nframes == 0) != (len(inline) > 0):
+        raise ProtocolError("a row carries its payload either inline or as frames, "
+                            "exactly one of the two")
 
 
 def _check_output(stream: Any, text: Any) -> None:

@@ -46,6 +46,7 @@ from tests.conftest import Programs, alive, descendants
 from tests.helpers import wait_until
 
 MAX_MESSAGE_SIZE = 1 << 20  # small, so that frames near the limit are cheap to send
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 U64 = (1 << 64) - 1
 I64_MIN = -(1 << 63)
 REAL_TASKS = 1000
@@ -91,8 +92,10 @@ def cluster(tmp_path_factory):
     with open(log_path, "w") as log:
         broker, address = programs.broker("--max-message-size", str(MAX_MESSAGE_SIZE),
                                           "--log-level", "WARNING", stderr=log)
+    # With the tests on their path, calls built here run whether or not the
+    # real client has already made tests.helpers travel by value.
     supervisor = programs.worker(address, "--processes", "2", "--threads", "1",
-                                 "--log-level", "ERROR")
+                                 "--log-level", "ERROR", "--path", REPO)
     # Counted as already there by the tests' no-process-left-behind check.
     wait_until(lambda: len(descendants(supervisor.pid)) >= 2, 30, what="worker processes")
     yield Cluster(address, broker, log_path)
@@ -354,14 +357,14 @@ def valid_messages(draw, client_ids):
     if kind is Op.RESULTS:
         rows = draw(st.lists(st.tuples(ids, task_ids, st.sampled_from(Status)), max_size=3))
         started = draw(st.lists(st.tuples(ids, task_ids).map(list), max_size=3))
-        news = WorkerResults([[c, t, int(s), len(FORGED)] for c, t, s in rows], started,
+        news = WorkerResults([[c, t, int(s), len(FORGED), b""] for c, t, s in rows], started,
                              draw(st.integers(0, 8)))
         if "output" in WorkerResults.__dataclass_fields__:  # what tasks printed, if carried
             news = dataclasses.replace(news, output=[[c, t, 1, "forged"] for c, t in started])
         return news, FORGED * len(rows)
     if kind == "results-to-client":
         rows = draw(st.lists(st.tuples(task_ids, st.sampled_from(Status)), max_size=3))
-        return (ClientResults([[t, int(s), len(FORGED)] for t, s in rows],
+        return (ClientResults([[t, int(s), len(FORGED), b""] for t, s in rows],
                               draw(st.lists(task_ids, max_size=3)),
                               [[t, "worker_lost", "forged"] for t in
                                draw(st.lists(task_ids, max_size=2))]),
@@ -628,8 +631,8 @@ MALFORMED = [
     pytest.param([pack({"op": "submit", "tasks": [["1", 1]]}), JUNK], id="task-id-is-str"),
     pytest.param([pack({"op": "submit", "tasks": [[True, 1]]}), JUNK], id="task-id-is-bool"),
     pytest.param([pack({"op": "submit", "tasks": [[1, U64]]}), JUNK], id="huge-frame-count"),
-    pytest.param(protocol.encode(Submit([[1, 2]]), junk(1)), id="fewer-frames-than-announced"),
-    pytest.param(protocol.encode(Submit([[1, 1]]), junk(2)), id="more-frames-than-announced"),
+    pytest.param(protocol.encode(Submit([[1, 2, b""]]), junk(1)), id="fewer-frames-than-announced"),
+    pytest.param(protocol.encode(Submit([[1, 1, b""]]), junk(2)), id="more-frames-than-announced"),
     pytest.param([pack({"op": "cancel", "request_id": 1, "task_ids": 7})], id="ids-not-a-list"),
     pytest.param([pack({"op": "bye", "reason": "x" * (64 * 1024 + 1)})], id="text-too-long"),
     pytest.param([pack({"op": Deep(1000)})], id="op-nested-1000-deep"),
@@ -661,9 +664,9 @@ def test_malformed_message_gets_bad_message_and_the_peer_stays(connect, role, fr
 
 @pytest.mark.parametrize("frames", [
     pytest.param(protocol.encode(Heartbeat()), id="heartbeat"),
-    pytest.param(protocol.encode(Submit([[1, 1]]), junk(1)), id="submit"),
+    pytest.param(protocol.encode(Submit([[1, 1, b""]]), junk(1)), id="submit"),
     pytest.param(protocol.encode(Cancel(1, [1])), id="cancel"),
-    pytest.param(protocol.encode(WorkerResults([[b"c", 1, 0, 1]], [], 1), junk(1)),
+    pytest.param(protocol.encode(WorkerResults([[b"c", 1, 0, 1, b""]], [], 1), junk(1)),
                  id="results"),
     pytest.param(protocol.encode(Drain()), id="drain"),
     *MALFORMED,
@@ -688,9 +691,10 @@ def test_wrong_version_is_refused_with_the_brokers_version(connect, role, versio
 
 
 @pytest.mark.parametrize("frames", [
-    pytest.param(hello_frames(version=2, pid=-1), id="bad-pid"),
-    pytest.param(hello_frames(version=2, role="observer"), id="unknown-role"),
-    pytest.param([pack({"op": "hello", "version": 2})], id="only-op-and-version"),
+    pytest.param(hello_frames(version=PROTOCOL_VERSION + 1, pid=-1), id="bad-pid"),
+    pytest.param(hello_frames(version=PROTOCOL_VERSION + 1, role="observer"), id="unknown-role"),
+    pytest.param([pack({"op": "hello", "version": PROTOCOL_VERSION + 1})],
+                 id="only-op-and-version"),
 ])
 def test_another_versions_hello_is_refused_even_if_the_rest_differs(connect, frames):
     """A later protocol may change HELLO's other keys; its peer must still be
@@ -703,14 +707,14 @@ def test_another_versions_hello_is_refused_even_if_the_rest_differs(connect, fra
 
 
 @pytest.mark.parametrize("role, message, payload", [
-    pytest.param(Role.WORKER, Submit([[1, 1]]), junk(1), id="worker-submit"),
+    pytest.param(Role.WORKER, Submit([[1, 1, b""]]), junk(1), id="worker-submit"),
     pytest.param(Role.WORKER, Cancel(1, [1]), [], id="worker-cancel"),
-    pytest.param(Role.WORKER, Dispatch([[b"c", 1, 1]]), junk(1), id="worker-dispatch"),
+    pytest.param(Role.WORKER, Dispatch([[b"c", 1, 1, b""]]), junk(1), id="worker-dispatch"),
     pytest.param(Role.WORKER, Welcome(PROTOCOL_VERSION, 1.0, 5), [], id="worker-welcome"),
-    pytest.param(Role.CLIENT, ClientResults([[1, 0, 1]]), [b"x"], id="client-results"),
-    pytest.param(Role.CLIENT, WorkerResults([[b"c", 1, 0, 1]], [], 1), [b"x"],
+    pytest.param(Role.CLIENT, ClientResults([[1, 0, 1, b""]]), [b"x"], id="client-results"),
+    pytest.param(Role.CLIENT, WorkerResults([[b"c", 1, 0, 1, b""]], [], 1), [b"x"],
                  id="client-results-as-a-worker-would"),
-    pytest.param(Role.CLIENT, Dispatch([[b"c", 1, 1]]), junk(1), id="client-dispatch"),
+    pytest.param(Role.CLIENT, Dispatch([[b"c", 1, 1, b""]]), junk(1), id="client-dispatch"),
     pytest.param(Role.CLIENT, Drain(), [], id="client-drain"),
     pytest.param(Role.CLIENT, CancelReply(1, [1]), [], id="client-cancel-reply"),
     pytest.param(Role.CLIENT, Error("x", "y"), [], id="client-error"),
@@ -753,7 +757,7 @@ def test_a_worker_claiming_to_be_a_client_runs_nothing(connect, cluster, tmp_pat
     assert error_code(peer.reply()) == "bad_message"
     ran = tmp_path / "ran"
     call = dumps_call(helpers.touch, (str(ran),), {})
-    peer.send_message(Submit([[1, len(call)]]), call)
+    peer.send_message(Submit([[1, len(call), b""]]), call)
     peer.send_message(Drain())
     peer.expect(lambda m: m.op is Op.DRAIN)  # still a worker, and the SUBMIT was read
     # Had the call been queued, the FIFO queue would have run it before these.
@@ -779,7 +783,7 @@ def test_forged_results_do_not_complete_a_real_future(connect, cluster, tmp_path
         # A client may not send results at all.
         client_forger = connect()
         client_forger.hello(Role.CLIENT)
-        client_forger.send_message(ClientResults([[task_id, int(Status.OK), 1]]), FORGED)
+        client_forger.send_message(ClientResults([[task_id, int(Status.OK), 1, b""]]), FORGED)
         assert error_code(client_forger.reply()) == "bad_message"
         assert not future.done()
         next_one = ex.submit(helpers.square, 7)
@@ -796,11 +800,12 @@ def test_replayed_task_id_from_a_client_is_dropped(connect, tmp_path):
     # Fill both worker slots, so that a replay the broker wrongly queued would
     # still be in its queue, where CANCEL finds it.
     calls = [dumps_call(helpers.touch_then_wait, (mark, gate), {}) for mark in marks]
-    peer.send_message(Submit([[7, len(calls[0])], [8, len(calls[1])]]), calls[0] + calls[1])
+    peer.send_message(Submit([[7, len(calls[0]), b""], [8, len(calls[1]), b""]]),
+                      calls[0] + calls[1])
     wait_until(lambda: all(os.path.exists(m) for m in marks), 30, what="both tasks to start")
     replayed = str(tmp_path / "replayed")
     replay = dumps_call(helpers.touch, (replayed,), {})
-    peer.send_message(Submit([[7, len(replay)], [8, len(replay)]]), replay + replay)
+    peer.send_message(Submit([[7, len(replay), b""], [8, len(replay), b""]]), replay + replay)
     peer.send_message(Cancel(99, [7, 8]))
     reply, _ = peer.expect(lambda m: m.op is Op.CANCEL_REPLY)
     assert reply == CancelReply(99, []), "a replayed task id was queued"
@@ -808,8 +813,8 @@ def test_replayed_task_id_from_a_client_is_dropped(connect, tmp_path):
     finished = {}
     while len(finished) < 2:
         news, payload = peer.expect(lambda m: m.op is Op.RESULTS)
-        for (task_id, status, nframes), frames in zip(
-                news.results, protocol.split_frames([r[2] for r in news.results], payload)):
+        for (task_id, status, _, _), frames in zip(
+                news.results, protocol.unpack_payloads(news.results, 2, payload)):
             assert task_id not in finished, f"task {task_id} finished twice"
             assert status == Status.OK
             finished[task_id] = loads(frames)
@@ -821,10 +826,10 @@ def test_replayed_task_id_from_a_client_is_dropped(connect, tmp_path):
 def test_frames_at_the_limit_pass_and_over_it_cost_only_the_sender(connect, cluster):
     peer = connect()
     peer.hello(Role.CLIENT)
-    peer.send_message(Submit([[1, 1]]), [JUNK * MAX_MESSAGE_SIZE])
+    peer.send_message(Submit([[1, 1, b""]]), [JUNK * MAX_MESSAGE_SIZE])
     news, _ = peer.expect(lambda m: m.op is Op.RESULTS and m.results)
     assert news.results[0][:2] == [1, int(Status.UNPICKLE_FAILED)]  # a worker got it whole
-    peer.send_message(Submit([[2, 1]]), [JUNK * (MAX_MESSAGE_SIZE + 1)])  # waits for reconnect
+    peer.send_message(Submit([[2, 1, b""]]), [JUNK * (MAX_MESSAGE_SIZE + 1)])  # waits for reconnect
     peer.round_trip()  # the same peer, still registered
     peer.send_message(Cancel(5, [2]))
     assert peer.reply() == CancelReply(5, []), "the over-limit task was queued"

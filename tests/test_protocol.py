@@ -14,6 +14,7 @@ import zmq
 import protocol
 from protocol import payload
 from protocol.errors import RemoteError, RemoteTraceback
+from protocol.defaults import PROTOCOL_VERSION
 from protocol.frames import MAX_HEADER_SIZE
 from protocol.messages import MAX_PEER_ID, MAX_TEXT
 from protocol import (
@@ -32,25 +33,25 @@ def pack(header) -> bytes:
 # -- round trips -------------------------------------------------------------
 
 ROUND_TRIPS = [
-    pytest.param(Hello(Role.CLIENT, 1, init_frames=2, pid=1234, host="h.example"),
+    pytest.param(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=2, pid=1234, host="h.example"),
                  [b"init-a", b"init-b"], None, id="hello-client"),
-    pytest.param(Hello(Role.WORKER, 1, credit=8, pid=U64_MAX, host="w"), [], None,
+    pytest.param(Hello(Role.WORKER, PROTOCOL_VERSION, credit=8, pid=U64_MAX, host="w", threads=2), [], None,
                  id="hello-worker"),
     pytest.param(Welcome(1, 0.25, 5), [], None, id="welcome"),
     pytest.param(Refused("wrong version", 7), [], None, id="refused"),
-    pytest.param(Submit([[0, 1], [U64_MAX, 2], [5, 0]]), [b"a", b"b", b"c"], None,
+    pytest.param(Submit([[0, 1, b""], [U64_MAX, 2, b""], [5, 0, b"inline"]]), [b"a", b"b", b"c"], None,
                  id="submit"),
     pytest.param(Cancel(3, [1, 2, U64_MAX]), [], None, id="cancel"),
     pytest.param(CancelReply(3, [2]), [], None, id="cancel-reply"),
-    pytest.param(Dispatch([[PEER, 1, 1], [b"c" * MAX_PEER_ID, 2, 0]], [[PEER, 1]]),
+    pytest.param(Dispatch([[PEER, 1, 1, b""], [b"c" * MAX_PEER_ID, 2, 0, b"call-2"]], [[PEER, 1]]),
                  [b"init", b"call"], None, id="dispatch"),
-    pytest.param(WorkerResults([[PEER, 1, int(Status.OK), 1], [PEER, 2, int(Status.RAISED), 2]],
+    pytest.param(WorkerResults([[PEER, 1, int(Status.OK), 1, b""], [PEER, 2, int(Status.RAISED), 2, b""]],
                                [[PEER, 3]], 4),
                  [b"r1", b"r2a", b"r2b"], Role.WORKER, id="results-from-worker"),
-    pytest.param(ClientResults([[1, int(Status.OK), 1], [2, int(Status.UNPICKLE_FAILED), 0]],
+    pytest.param(ClientResults([[1, int(Status.OK), 1, b""], [2, int(Status.UNPICKLE_FAILED), 0, b"x"]],
                                [3, 4], [[5, "poisoned", "lost on 3 workers"]]),
                  [b"r1"], None, id="results-to-client"),
-    pytest.param(ClientResults([[1, int(Status.INIT_FAILED), 1]]), [b"x"], Role.CLIENT,
+    pytest.param(ClientResults([[1, int(Status.INIT_FAILED), 1, b""]]), [b"x"], Role.CLIENT,
                  id="results-to-client-sender-client"),
     pytest.param(Heartbeat(), [], None, id="heartbeat"),
     pytest.param(Heartbeat(workers=3), [], None, id="heartbeat-with-workers"),
@@ -85,7 +86,7 @@ def test_results_header_decodes_by_sender():
 
 
 def test_decode_accepts_zmq_frames():
-    message = Submit([[7, 1]])
+    message = Submit([[7, 1, b""]])
     frames = [zmq.Frame(f) for f in protocol.encode(message, [b"call"])]
     decoded, rest = protocol.decode(frames, None)
     assert decoded == message
@@ -106,24 +107,24 @@ def test_welcome_accepts_an_integer_interval_as_float():
 
 
 def test_hello_role_decodes_as_enum():
-    decoded, _ = protocol.decode(protocol.encode(Hello(Role.WORKER, 1, credit=1)))
+    decoded, _ = protocol.decode(protocol.encode(Hello(Role.WORKER, PROTOCOL_VERSION, credit=1)))
     assert decoded.role is Role.WORKER
 
 
 # -- strict validation ---------------------------------------------------------
 
-HELLO = {"op": "hello", "role": "worker", "version": 1, "credit": 1, "init_frames": 0,
+HELLO = {"op": "hello", "role": "worker", "version": PROTOCOL_VERSION, "credit": 1, "init_frames": 0,
          "pid": 1, "host": "", "threads": 1}
 WELCOME = {"op": "welcome", "version": 1, "heartbeat_interval": 1.0, "liveness": 5,
            "max_message_size": 1 << 20}
 REFUSED = {"op": "refused", "reason": "no", "version": 1}
-SUBMIT = {"op": "submit", "tasks": [[1, 1]]}
+SUBMIT = {"op": "submit", "tasks": [[1, 1, b""]]}
 CANCEL = {"op": "cancel", "request_id": 1, "task_ids": [1]}
 CANCEL_REPLY = {"op": "cancel_reply", "request_id": 1, "task_ids": [1]}
-DISPATCH = {"op": "dispatch", "tasks": [[PEER, 1, 1]], "inits": [[PEER, 1]]}
-W_RESULTS = {"op": "results", "results": [[PEER, 1, 0, 1]], "started": [[PEER, 2]],
+DISPATCH = {"op": "dispatch", "tasks": [[PEER, 1, 1, b""]], "inits": [[PEER, 1]]}
+W_RESULTS = {"op": "results", "results": [[PEER, 1, 0, 1, b""]], "started": [[PEER, 2]],
              "credit": 1}
-C_RESULTS = {"op": "results", "results": [[1, 0, 1]], "started": [2],
+C_RESULTS = {"op": "results", "results": [[1, 0, 1, b""]], "started": [2],
              "errors": [[3, "code", "text"]]}
 BYE = {"op": "bye", "reason": ""}
 ERROR = {"op": "error", "code": "c", "message": "m"}
@@ -192,11 +193,11 @@ BAD_HEADERS = [
     pytest.param(pack(with_(CANCEL, task_ids=["1"])), None, id="cancel-id-is-str"),
     pytest.param(pack(with_(CANCEL, task_ids=[False])), None, id="cancel-id-is-bool"),
     pytest.param(pack(with_(CANCEL, task_ids=1)), None, id="cancel-ids-not-a-list"),
-    pytest.param(pack(with_(SUBMIT, tasks=[["1", 1]])), None, id="submit-id-is-str"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[True, 1]])), None, id="submit-id-is-bool"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1.0]])), None, id="submit-nframes-is-float"),
+    pytest.param(pack(with_(SUBMIT, tasks=[["1", 1, b""]])), None, id="submit-id-is-str"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[True, 1, b""]])), None, id="submit-id-is-bool"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1.0, b""]])), None, id="submit-nframes-is-float"),
     pytest.param(pack(with_(SUBMIT, tasks={"1": 1})), None, id="submit-tasks-is-map"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[2.0 ** 64, 1]])), None,
+    pytest.param(pack(with_(SUBMIT, tasks=[[2.0 ** 64, 1, b""]])), None,
                  id="submit-id-2-pow-64-as-float"),
     pytest.param(pack(with_(W_RESULTS, credit="1")), Role.WORKER, id="w-results-credit-is-str"),
     pytest.param(pack(with_(C_RESULTS, started=["2"])), None, id="c-results-started-is-str"),
@@ -215,12 +216,12 @@ BAD_HEADERS = [
     pytest.param(pack(with_(CANCEL, task_ids=[1, -1])), None, id="cancel-id-negative"),
     pytest.param(pack(with_(CANCEL_REPLY, task_ids=[-(1 << 63)])), None,
                  id="cancel-reply-id-most-negative"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[-1, 1]])), None, id="submit-id-negative"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[1, -1]])), None, id="submit-nframes-negative"),
-    pytest.param(pack(with_(DISPATCH, tasks=[[PEER, -1, 1]])), None, id="dispatch-id-negative"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[-1, 1, b""]])), None, id="submit-id-negative"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[1, -1, b""]])), None, id="submit-nframes-negative"),
+    pytest.param(pack(with_(DISPATCH, tasks=[[PEER, -1, 1, b""]])), None, id="dispatch-id-negative"),
     pytest.param(pack(with_(W_RESULTS, credit=(1 << 20) + 1)), Role.WORKER,
                  id="w-results-credit-too-large"),
-    pytest.param(pack(with_(C_RESULTS, results=[[-5, 0, 1]])), None,
+    pytest.param(pack(with_(C_RESULTS, results=[[-5, 0, 1, b""]])), None,
                  id="c-results-id-negative"),
     pytest.param(pack(with_(WELCOME, liveness=1001)), None, id="liveness-too-large"),
     pytest.param(pack(with_(WELCOME, heartbeat_interval=0)), None, id="interval-zero"),
@@ -231,32 +232,32 @@ BAD_HEADERS = [
     pytest.param(pack(with_(WELCOME, heartbeat_interval=True)), None, id="interval-is-bool"),
     pytest.param(pack(with_(WELCOME, heartbeat_interval="1")), None, id="interval-is-str"),
     # Bad peer ids.
-    pytest.param(pack(with_(DISPATCH, tasks=[[b"", 1, 1]])), None, id="dispatch-peer-empty"),
-    pytest.param(pack(with_(DISPATCH, tasks=[[b"p" * (MAX_PEER_ID + 1), 1, 1]])), None,
+    pytest.param(pack(with_(DISPATCH, tasks=[[b"", 1, 1, b""]])), None, id="dispatch-peer-empty"),
+    pytest.param(pack(with_(DISPATCH, tasks=[[b"p" * (MAX_PEER_ID + 1), 1, 1, b""]])), None,
                  id="dispatch-peer-too-long"),
-    pytest.param(pack(with_(DISPATCH, tasks=[["peer", 1, 1]])), None, id="dispatch-peer-is-str"),
+    pytest.param(pack(with_(DISPATCH, tasks=[["peer", 1, 1, b""]])), None, id="dispatch-peer-is-str"),
     pytest.param(pack(with_(DISPATCH, inits=[[b"", 1]])), None, id="dispatch-init-peer-empty"),
     pytest.param(pack(with_(DISPATCH, inits=[["peer", 1]])), None,
                  id="dispatch-init-peer-is-str"),
-    pytest.param(pack(with_(W_RESULTS, results=[[b"", 1, 0, 1]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[b"", 1, 0, 1, b""]])), Role.WORKER,
                  id="w-results-peer-empty"),
-    pytest.param(pack(with_(W_RESULTS, results=[[b"p" * 256, 1, 0, 1]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[b"p" * 256, 1, 0, 1, b""]])), Role.WORKER,
                  id="w-results-peer-too-long"),
     pytest.param(pack(with_(W_RESULTS, started=[["peer", 2]])), Role.WORKER,
                  id="w-results-started-peer-is-str"),
     # Wrong row widths.
     pytest.param(pack(with_(SUBMIT, tasks=[[1]])), None, id="submit-row-too-short"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1, 1]])), None, id="submit-row-too-long"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1, b"", 1]])), None, id="submit-row-too-long"),
     pytest.param(pack(with_(SUBMIT, tasks=[1])), None, id="submit-row-not-a-list"),
-    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1], {"a": 1}])), None, id="submit-row-is-map"),
+    pytest.param(pack(with_(SUBMIT, tasks=[[1, 1, b""], {"a": 1}])), None, id="submit-row-is-map"),
     pytest.param(pack(with_(DISPATCH, tasks=[[PEER, 1]])), None, id="dispatch-row-too-short"),
     pytest.param(pack(with_(DISPATCH, inits=[[PEER, 1, 1]])), None, id="dispatch-init-too-long"),
-    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, 0]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, 0, 1]])), Role.WORKER,
                  id="w-results-row-too-short"),
     pytest.param(pack(with_(W_RESULTS, started=[[PEER]])), Role.WORKER,
                  id="w-results-started-row-too-short"),
-    pytest.param(pack(with_(C_RESULTS, results=[[1, 0]])), None, id="c-results-row-too-short"),
-    pytest.param(pack(with_(C_RESULTS, results=[[PEER, 1, 0, 1]])), None,
+    pytest.param(pack(with_(C_RESULTS, results=[[1, 0, 1]])), None, id="c-results-row-too-short"),
+    pytest.param(pack(with_(C_RESULTS, results=[[PEER, 1, 0, 1, b""]])), None,
                  id="c-results-given-worker-rows"),
     pytest.param(pack(with_(C_RESULTS, errors=[[3, "code"]])), None, id="c-errors-row-too-short"),
     # Unknown role.
@@ -265,14 +266,14 @@ BAD_HEADERS = [
     pytest.param(pack(with_(HELLO, role=1)), None, id="role-is-int"),
     pytest.param(pack(with_(HELLO, role=b"worker")), None, id="role-is-bytes"),
     # Unknown status.
-    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, 4, 1]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, 4, 1, b""]])), Role.WORKER,
                  id="w-status-unknown"),
-    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, -1, 1]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, -1, 1, b""]])), Role.WORKER,
                  id="w-status-negative"),
-    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, True, 1]])), Role.WORKER,
+    pytest.param(pack(with_(W_RESULTS, results=[[PEER, 1, True, 1, b""]])), Role.WORKER,
                  id="w-status-is-bool"),
-    pytest.param(pack(with_(C_RESULTS, results=[[1, 99, 1]])), None, id="c-status-unknown"),
-    pytest.param(pack(with_(C_RESULTS, results=[[1, "0", 1]])), None, id="c-status-is-str"),
+    pytest.param(pack(with_(C_RESULTS, results=[[1, 99, 1, b""]])), None, id="c-status-unknown"),
+    pytest.param(pack(with_(C_RESULTS, results=[[1, "0", 1, b""]])), None, id="c-status-is-str"),
     # Text longer than the limit.
     pytest.param(pack(with_(BYE, reason="x" * (MAX_TEXT + 1))), None, id="bye-reason-too-long"),
     pytest.param(pack(with_(ERROR, message="x" * (MAX_TEXT + 1))), None,
@@ -307,13 +308,13 @@ def test_header_larger_than_the_limit_is_refused_before_unpacking():
 
 
 @pytest.mark.parametrize("parse, header", [
-    pytest.param(Submit.parse, with_(SUBMIT, tasks=[[1 << 64, 1]]), id="submit-id"),
-    pytest.param(Submit.parse, with_(SUBMIT, tasks=[[1, 1 << 64]]), id="submit-nframes"),
+    pytest.param(Submit.parse, with_(SUBMIT, tasks=[[1 << 64, 1, b""]]), id="submit-id"),
+    pytest.param(Submit.parse, with_(SUBMIT, tasks=[[1, 1 << 64, b""]]), id="submit-nframes"),
     pytest.param(Cancel.parse, with_(CANCEL, task_ids=[1 << 64]), id="cancel-id"),
     pytest.param(Cancel.parse, with_(CANCEL, request_id=1 << 64), id="cancel-request-id"),
     pytest.param(CancelReply.parse, with_(CANCEL_REPLY, task_ids=[1 << 70]), id="reply-id"),
-    pytest.param(Dispatch.parse, with_(DISPATCH, tasks=[[PEER, 1 << 64, 1]]), id="dispatch-id"),
-    pytest.param(WorkerResults.parse, with_(W_RESULTS, results=[[PEER, 1 << 64, 0, 1]]),
+    pytest.param(Dispatch.parse, with_(DISPATCH, tasks=[[PEER, 1 << 64, 1, b""]]), id="dispatch-id"),
+    pytest.param(WorkerResults.parse, with_(W_RESULTS, results=[[PEER, 1 << 64, 0, 1, b""]]),
                  id="worker-results-id"),
     pytest.param(ClientResults.parse, with_(C_RESULTS, started=[1 << 64]),
                  id="client-results-started"),
@@ -327,13 +328,13 @@ def test_ids_of_2_pow_64_or_more_are_refused(parse, header):
 
 
 def test_largest_u64_id_is_accepted():
-    assert Submit.parse(with_(SUBMIT, tasks=[[U64_MAX, U64_MAX]])).tasks == [[U64_MAX, U64_MAX]]
+    assert Submit.parse(with_(SUBMIT, tasks=[[U64_MAX, U64_MAX, b""]])).tasks == [[U64_MAX, U64_MAX, b""]]
 
 
 def test_peer_id_of_exactly_255_bytes_is_accepted():
     peer = b"p" * MAX_PEER_ID
-    message, _ = protocol.decode([pack(with_(DISPATCH, tasks=[[peer, 1, 1]]))])
-    assert message.tasks == [[peer, 1, 1]]
+    message, _ = protocol.decode([pack(with_(DISPATCH, tasks=[[peer, 1, 1, b""]]))])
+    assert message.tasks == [[peer, 1, 1, b""]]
 
 
 def test_unknown_keys_are_ignored():
@@ -362,10 +363,29 @@ def test_split_frames_refuses_a_frame_count_mismatch(counts, payload_frames):
         protocol.split_frames(counts, payload_frames)
 
 
-def test_submit_announcing_more_frames_than_sent_is_refused_by_split():
-    message, rest = protocol.decode(protocol.encode(Submit([[1, 2], [2, 1]]), [b"a", b"b"]))
+def test_submit_announcing_more_frames_than_sent_is_refused():
+    message, rest = protocol.decode(protocol.encode(Submit([[1, 2, b""], [2, 1, b""]]),
+                                                    [b"a", b"b"]))
     with pytest.raises(ProtocolError):
-        protocol.split_frames([n for _, n in message.tasks], rest)
+        protocol.unpack_payloads(message.tasks, 1, rest)
+
+
+def test_payloads_travel_inline_when_small_and_as_frames_otherwise():
+    from protocol.defaults import INLINE_MAX
+    small, big = b"s" * INLINE_MAX, b"b" * (INLINE_MAX + 1)
+    assert protocol.pack_payload([small]) == (0, small, [])
+    assert protocol.pack_payload([big]) == (1, b"", [big])
+    assert protocol.pack_payload([small, small]) == (2, b"", [small, small])
+    view = memoryview(small)  # a buffer, not bytes: kept as a frame (zero-copy)
+    assert protocol.pack_payload([view]) == (1, b"", [view])
+    rows = [[1, 0, small], [2, 1, b""], [3, 2, b""]]
+    assert protocol.unpack_payloads(rows, 1, [big, b"x", b"y"]) == [[small], [big], [b"x", b"y"]]
+
+
+@pytest.mark.parametrize("row", [[1, 0, b""], [1, 1, b"both"], [1, 0, "text"]])
+def test_a_row_carries_its_payload_one_way_exactly(row):
+    with pytest.raises(ProtocolError):
+        protocol.decode([pack(with_(SUBMIT, tasks=[row]))])
 
 
 # -- payload -----------------------------------------------------------------
@@ -526,7 +546,8 @@ def test_run_chunk_travels_as_a_call():
 
 
 def test_hello_without_a_role_is_a_protocol_error():
-    header = {"op": "hello", "version": 1, "credit": 0, "init_frames": 0, "pid": 0, "host": ""}
+    header = {"op": "hello", "version": PROTOCOL_VERSION, "credit": 0, "init_frames": 0,
+              "pid": 0, "host": ""}
     with pytest.raises(ProtocolError, match="role"):
         protocol.decode([msgpack.packb(header)])
 
@@ -546,10 +567,10 @@ def with_nested(header: dict, depth: int, maps: bool = False) -> bytes:
 @pytest.mark.parametrize("depth", [900, 1000, 1022])
 @pytest.mark.parametrize("raw, sender", [
     pytest.param({"op": "NESTED"}, None, id="op"),
-    pytest.param(with_(SUBMIT, tasks=[["NESTED", 1]]), None, id="task-id"),
+    pytest.param(with_(SUBMIT, tasks=[["NESTED", 1, b""]]), None, id="task-id"),
     pytest.param(with_(CANCEL, task_ids=["NESTED"]), None, id="cancel-id"),
-    pytest.param(with_(W_RESULTS, results=[["NESTED", 1, 0, 1]]), Role.WORKER, id="peer-id"),
-    pytest.param(with_(W_RESULTS, results=[[PEER, 1, "NESTED", 1]]), Role.WORKER, id="status"),
+    pytest.param(with_(W_RESULTS, results=[["NESTED", 1, 0, 1, b""]]), Role.WORKER, id="peer-id"),
+    pytest.param(with_(W_RESULTS, results=[[PEER, 1, "NESTED", 1, b""]]), Role.WORKER, id="status"),
     pytest.param(with_(HELLO, role="NESTED"), None, id="role"),
 ])
 @pytest.mark.parametrize("maps", [False, True], ids=["lists", "maps"])
@@ -563,9 +584,9 @@ def test_deeply_nested_value_is_a_protocol_error_not_a_recursion_error(raw, send
 
 @pytest.mark.parametrize("raw", [
     pytest.param({"op": "x" * 1_000_000}, id="op"),
-    pytest.param(with_(SUBMIT, tasks=[["x" * 1_000_000, 1]]), id="task-id"),
-    pytest.param(with_(DISPATCH, tasks=[[b"p" * 1_000_000, 1, 1]]), id="peer-id"),
-    pytest.param(with_(SUBMIT, tasks=[[list(range(100_000)), 1]]), id="long-list"),
+    pytest.param(with_(SUBMIT, tasks=[["x" * 1_000_000, 1, b""]]), id="task-id"),
+    pytest.param(with_(DISPATCH, tasks=[[b"p" * 1_000_000, 1, 1, b""]]), id="peer-id"),
+    pytest.param(with_(SUBMIT, tasks=[[list(range(100_000)), 1, b""]]), id="long-list"),
 ])
 def test_error_text_about_a_huge_value_stays_short(raw):
     with pytest.raises(ProtocolError) as info:
@@ -573,18 +594,21 @@ def test_error_text_about_a_huge_value_stays_short(raw):
     assert len(str(info.value)) < 200
 
 
+OTHER = PROTOCOL_VERSION + 1
+
+
 @pytest.mark.parametrize("header", [
-    pytest.param(with_(HELLO, version=2), id="all-keys"),
-    pytest.param(with_(HELLO, version=2, pid=-1, credit="many"), id="bad-other-keys"),
-    pytest.param({"op": "hello", "version": 2}, id="only-the-version"),
-    pytest.param(with_(HELLO, version=2, role=["worker"]), id="role-is-a-list"),
+    pytest.param(with_(HELLO, version=OTHER), id="all-keys"),
+    pytest.param(with_(HELLO, version=OTHER, pid=-1, credit="many"), id="bad-other-keys"),
+    pytest.param({"op": "hello", "version": OTHER}, id="only-the-version"),
+    pytest.param(with_(HELLO, version=OTHER, role=["worker"]), id="role-is-a-list"),
 ])
 def test_another_versions_hello_parses_to_its_version(header):
     """So that the broker can refuse it with its own version, however the
     rest of that version's HELLO differs."""
     message, _ = protocol.decode([pack(header)])
     assert type(message) is Hello
-    assert message.version == 2
+    assert message.version == OTHER
 
 
 def test_another_versions_hello_keeps_a_known_role():

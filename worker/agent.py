@@ -34,7 +34,8 @@ import zmq
 
 from protocol import (
     PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
-    Withdraw, Withdrawn, WorkerResults, decode, encode, split_frames,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload, split_frames,
+    unpack_payloads,
 )
 from protocol import defaults
 from protocol.security import HandshakeWatch, Security
@@ -278,11 +279,13 @@ class Agent:
 
     def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
         # Also while draining: these were sent before the broker saw DRAIN.
-        counts = [n for _, n in dispatch.inits] + [row[2] for row in dispatch.tasks]
-        groups = split_frames(counts, payload)
-        for (client_id, _), frames in zip(dispatch.inits, groups):
+        first = sum(n for _, n in dispatch.inits)  # initializers' frames come first
+        for (client_id, _), frames in zip(dispatch.inits,
+                                          split_frames([n for _, n in dispatch.inits],
+                                                       payload[:first])):
             self._runner.add_initializer(client_id, frames)
-        for (client_id, task_id, _), frames in zip(dispatch.tasks, groups[len(dispatch.inits):]):
+        groups = unpack_payloads(dispatch.tasks, 2, payload[first:])
+        for (client_id, task_id, _, _), frames in zip(dispatch.tasks, groups):
             key = (client_id, task_id)
             self._running.add(key)
             self._runner.submit(key, frames)
@@ -295,6 +298,10 @@ class Agent:
     def _give_back(self, request_id: int, keys: list) -> None:
         taken = self._runner.withdraw(keys)
         self._running.difference_update(taken)
+        if not request_id:
+            # Unasked, it also takes back all unused credit, or the broker would
+            # send the same tasks straight back here.
+            self._outstanding = 0
         self._send(Withdrawn(request_id, [list(k) for k in taken], self._grant()))
 
     def _grant(self) -> int:
@@ -355,7 +362,8 @@ class Agent:
                     self._task_time = seconds if average is None else average * 0.8 + seconds * 0.2
                     started.pop(key, None)  # its result says it started
                     self._running.discard(key)
-                    results.append([key[0], key[1], int(status), len(frames)])
+                    nframes, inline, frames = pack_payload(frames)
+                    results.append([key[0], key[1], int(status), nframes, inline])
                     payload.extend(frames)
             credit = self._grant()
             for row in printed:
