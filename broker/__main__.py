@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from protocol import defaults
-from protocol.security import ENV_KEY, ENV_SERVER_KEY, Security, keygen, load_key_pair
+from protocol.security import add_key_options, keygen, load_key_pair, security_from_options
 
 log = logging.getLogger("zeropool.broker")
 
@@ -138,12 +138,7 @@ def status_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON, for scripts")
     p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
                    help="how long to wait for the broker's answer (default: 5)")
-    p.add_argument("--curve-server-key", metavar="FILE", default=os.environ.get(ENV_SERVER_KEY),
-                   help=f"the broker's public .key file, if it has CURVE on (default: "
-                   f"${ENV_SERVER_KEY})")
-    p.add_argument("--curve-key", metavar="FILE", default=os.environ.get(ENV_KEY),
-                   help=f"a .key_secret file whose .key the broker authorizes (default: "
-                   f"${ENV_KEY})")
+    add_key_options(p, "the asking client")
     return p
 
 
@@ -152,14 +147,7 @@ def status_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if not args.address:
         p.error("give the broker's address, e.g. broker status tcp://127.0.0.1:5555")
-    security = None
-    if args.curve_server_key or args.curve_key:
-        if not (args.curve_server_key and args.curve_key):
-            p.error("CURVE needs both --curve-server-key and --curve-key")
-        try:
-            security = Security.from_files(args.curve_server_key, args.curve_key)
-        except ValueError as exc:
-            p.error(str(exc))
+    security = security_from_options(p, args)
     from broker.status import query, render
     try:
         report = query(args.address, security, args.timeout)

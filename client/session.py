@@ -39,7 +39,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.payload import dumps_call, loads_result, send_module_by_value
-from protocol.security import HandshakeWatch, Security
+from protocol.security import HandshakeWatch, Security, close_watched
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -311,12 +311,8 @@ class Session:
         self._connect()
 
     def _close_socket(self) -> None:
-        if self._handshake is not None:
-            self._handshake.close()
-            self._handshake = None
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        close_watched(self._socket, self._handshake)
+        self._socket = self._handshake = None
 
     def _read_all(self) -> None:
         while True:

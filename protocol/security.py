@@ -8,6 +8,7 @@ format: ``NAME.key`` holds the public key, ``NAME.key_secret`` both).
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass
 from typing import Mapping
@@ -167,3 +168,35 @@ class HandshakeWatch:
         except zmq.ZMQError:
             pass
         self.monitor.close(linger=0)
+
+
+def add_key_options(parser: argparse.ArgumentParser, who: str) -> None:
+    """--curve-server-key and --curve-key, for a program that connects to a broker."""
+    parser.add_argument("--curve-server-key", metavar="FILE",
+                        default=os.environ.get(ENV_SERVER_KEY),
+                        help="the broker's public .key file, for a broker with CURVE on "
+                        f"(default: ${ENV_SERVER_KEY})")
+    parser.add_argument("--curve-key", metavar="FILE", default=os.environ.get(ENV_KEY),
+                        help=f"{who}'s .key_secret file (from 'broker keygen'); its .key must "
+                        f"be in the broker's --authorized-keys (default: ${ENV_KEY})")
+
+
+def security_from_options(parser: argparse.ArgumentParser,
+                          args: argparse.Namespace) -> Security | None:
+    """The Security those options describe; a usage error if they are incomplete or bad."""
+    if not (args.curve_server_key or args.curve_key):
+        return None
+    if not (args.curve_server_key and args.curve_key):
+        parser.error("CURVE needs both --curve-server-key and --curve-key")
+    try:
+        return Security.from_files(args.curve_server_key, args.curve_key)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+
+def close_watched(socket: zmq.Socket | None, watch: HandshakeWatch | None) -> None:
+    """Close a socket and its handshake monitor, the monitor first."""
+    if watch is not None:
+        watch.close()
+    if socket is not None:
+        socket.close(linger=0)

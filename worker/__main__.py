@@ -8,7 +8,7 @@ import signal
 import sys
 
 from protocol import defaults
-from protocol.security import ENV_KEY, ENV_SERVER_KEY, Security
+from protocol.security import add_key_options, security_from_options
 
 log = logging.getLogger("zeropool.worker")
 
@@ -50,12 +50,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--path", action="append", default=[], metavar="DIR",
                    help="a directory to import task code from, searched after the worker's "
                    "own paths; repeatable; $ZEROPOOL_PATH adds more (default: none)")
-    p.add_argument("--curve-server-key", metavar="FILE", default=os.environ.get(ENV_SERVER_KEY),
-                   help="the broker's public .key file, for a broker with CURVE on "
-                   f"(default: ${ENV_SERVER_KEY})")
-    p.add_argument("--curve-key", metavar="FILE", default=os.environ.get(ENV_KEY),
-                   help="this worker's .key_secret file (from 'broker keygen'); its .key "
-                   f"must be in the broker's --authorized-keys (default: ${ENV_KEY})")
+    add_key_options(p, "this worker")
     p.add_argument("--log-level", default=os.environ.get("ZEROPOOL_LOG_LEVEL", "INFO"),
                    choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                    help="logging level (default: $ZEROPOOL_LOG_LEVEL or INFO)")
@@ -71,14 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.address:
         p.error("give the broker's address, e.g. worker tcp://127.0.0.1:5555")
-    security = None
-    if args.curve_server_key or args.curve_key:
-        if not (args.curve_server_key and args.curve_key):
-            p.error("CURVE needs both --curve-server-key and --curve-key")
-        try:
-            security = Security.from_files(args.curve_server_key, args.curve_key)
-        except ValueError as exc:
-            p.error(str(exc))
+    security = security_from_options(p, args)
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Tasks' prints reach the terminal (or the embedding client's) line by

@@ -38,7 +38,7 @@ from protocol import (
     unpack_payloads,
 )
 from protocol import defaults
-from protocol.security import HandshakeWatch, Security
+from protocol.security import HandshakeWatch, Security, close_watched
 from protocol.waker import Waker
 from worker.runner import Runner
 
@@ -231,12 +231,8 @@ class Agent:
         self._connect()
 
     def _close_socket(self) -> None:
-        if self._handshake is not None:
-            self._handshake.close()
-            self._handshake = None
-        if self._socket is not None:
-            self._socket.close(linger=0)
-            self._socket = None
+        close_watched(self._socket, self._handshake)
+        self._socket = self._handshake = None
 
     def _read_all(self) -> Exit | None:
         while True:
