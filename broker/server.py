@@ -34,7 +34,8 @@ from broker.stats import Stats as Counters
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
-    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload, unpack_payloads,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, header_budget, pack_payload, text_size,
+    unpack_payloads,
 )
 from protocol import defaults
 from protocol.security import key_id
@@ -269,7 +270,7 @@ class Broker:
                 self._send(peer_id, Refused(f"this peer's key {key_id(public_key)} was "
                                             "revoked by the broker", PROTOCOL_VERSION))
                 if role == "worker":
-                    self._report(self.state.remove_worker(peer_id, lost=True), "revoked")
+                    self._report(self.state.remove_worker(peer_id, lost=False), "revoked")
                 else:
                     self._forget_client(peer_id, "was revoked")
         self._flush()
@@ -319,7 +320,8 @@ class Broker:
         now, state, stats = time.monotonic(), self.state, self.stats
         workers = [{
             "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
-            "busy": len(w.in_flight), "done": w.done, "failed": w.failed,
+            "busy": sum(t.started for t in w.in_flight.values()), "held": len(w.in_flight),
+            "done": w.done, "failed": w.failed,
             "draining": w.draining, "last_heartbeat": round(now - w.last_seen, 3),
             "key": key_id(self._peer_keys[w.worker_id]) if w.worker_id in self._peer_keys
             else None,
@@ -342,14 +344,16 @@ class Broker:
         groups = unpack_payloads(submit.tasks, 1, payload)
         now = time.monotonic()
         accepted = 0
-        for (task_id, _, _), frames in zip(submit.tasks, groups):
-            if self.state.submit(client_id, task_id, frames, now):
+        for (task_id, _, inline), frames in zip(submit.tasks, groups):
+            # Inline payloads are kept as the bytes alone: a million queued
+            # tasks then need no million one-item lists.
+            if self.state.submit(client_id, task_id, inline or frames, now):
                 accepted += 1
-            else:
-                # A client resubmits what it has no result for after a reconnect.
-                log.debug("client %s: task %d is already known; dropped the copy",
-                          client_id.hex(), task_id)
         self.stats.submitted += accepted
+        if accepted < len(submit.tasks):
+            # A client resubmits what it has no result for after a reconnect.
+            log.info("client %s sent %d task id(s) already queued or running; dropped them",
+                     client_id.hex(), len(submit.tasks) - accepted)
 
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
         cancelled = self.state.cancel(client_id, cancel.task_ids)
@@ -365,19 +369,33 @@ class Broker:
             self._send(worker_id, Withdraw(request_id, [[client_id, t] for t in task_ids]))
 
     def on_withdrawn(self, worker_id: bytes, news: Withdrawn, payload: list) -> None:
-        pending = self._cancels.get(news.request_id) if news.request_id else None
-        taken = self.state.withdraw(worker_id, news.tasks, requeue=pending is None)
-        if pending is not None:
-            log.debug("worker %s gave back %d task(s) to cancel", worker_id.hex(), len(taken))
-            self.stats.cancelled += len(taken)
-            pending.cancelled.extend(task_id for _, task_id in taken)
-            pending.waiting.pop(worker_id, None)
-            self._answer_cancel(news.request_id)
-        else:
+        if not news.request_id:
             # Unasked: it is busy with long tasks and takes back its unused credit.
             self.state.drop_credit(worker_id)
+            taken = self.state.withdraw(worker_id, news.tasks, requeue=True)
             log.debug("worker %s gave back %d task(s) waiting behind long ones",
                       worker_id.hex(), len(taken))
+        else:
+            pending = self._cancels.get(news.request_id)
+            asked = pending.waiting.pop(worker_id, None) if pending is not None else None
+            if asked is None:  # its client has gone meanwhile, or a bogus reply
+                self.state.withdraw(worker_id, news.tasks, requeue=True)
+            else:
+                mine = {(pending.client_id, task_id) for task_id in asked}
+                taken = self.state.withdraw(
+                    worker_id, [row for row in news.tasks if tuple(row) in mine], requeue=False)
+                log.debug("worker %s gave back %d task(s) to cancel", worker_id.hex(),
+                          len(taken))
+                self.stats.cancelled += len(taken)
+                pending.cancelled.extend(task_id for _, task_id in taken)
+                # Any it did not give back may have come back unasked meanwhile,
+                # into the queue, where a cancel still applies.
+                rest = set(asked) - {task_id for _, task_id in taken}
+                if rest:
+                    cancelled = self.state.cancel(pending.client_id, list(rest))
+                    self.stats.cancelled += len(cancelled)
+                    pending.cancelled.extend(cancelled)
+                self._answer_cancel(news.request_id)
         if news.credit:
             self.state.add_credit(worker_id, news.credit)
 
@@ -414,11 +432,13 @@ class Broker:
         now = time.monotonic()
         stats = self.stats
         for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
+            if self.state.in_flight.get((client_id, task_id)) != worker_id:
+                self._note(worker_id, f"a result for task {task_id} of client "
+                           f"{client_id.hex()}, which it was not given; dropped")
+                continue
             task = self.state.finish(worker_id, (client_id, task_id))
             if task is None:
-                log.debug("dropped result of task %d from worker %s: not in flight there",
-                          task_id, worker_id.hex())
-                continue
+                continue  # its client has gone
             if status == Status.OK:
                 stats.completed += 1
             elif status == Status.UNPICKLE_FAILED:
@@ -481,17 +501,22 @@ class Broker:
     def _dispatch(self) -> None:
         now = time.monotonic()
         latency = self.stats.dispatch_latency
+        budget = header_budget(defaults.MAX_MESSAGE_SIZE)  # what a worker accepts
         for assignment in self.state.assign():
-            rows, payload = [], []
+            rows, payload, size = [], [], 0
             for client_id, frames in assignment.inits:
                 payload.extend(frames)
+            inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
             for task in assignment.tasks:
+                if size >= budget:
+                    self._send(assignment.worker_id, Dispatch(rows, inits), payload)
+                    rows, payload, size, inits = [], [], 0, []
                 nframes, inline, frames = pack_payload(task.frames)
                 rows.append([task.client_id, task.task_id, nframes, inline])
                 payload.extend(frames)
+                size += len(inline) + 16
                 task.dispatched = now
                 latency.observe(now - task.submitted)
-            inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
             self._send(assignment.worker_id, Dispatch(rows, inits), payload)
 
     def _flush(self) -> None:
@@ -508,23 +533,27 @@ class Broker:
                 self._forget_client(peer_id, "is unreachable")
 
     def _send_results(self, client_id: bytes, out: _Outgoing) -> None:
-        """One RESULTS per MAX_RESULTS_PER_MESSAGE rows, so that inline payloads
-        keep the header under its limit; news and output go with the first."""
-        rows, payload = out.results, out.payload
-        if len(rows) <= MAX_RESULTS_PER_MESSAGE:
-            self._send(client_id, ClientResults(rows, out.started, out.errors, out.output),
-                       payload)
-            return
-        frame = 0
-        for start in range(0, len(rows), MAX_RESULTS_PER_MESSAGE):
-            chunk = rows[start:start + MAX_RESULTS_PER_MESSAGE]
-            count = sum(row[2] for row in chunk)
-            if start == 0:
-                message = ClientResults(chunk, out.started, out.errors, out.output)
-            else:
-                message = ClientResults(chunk)
-            self._send(client_id, message, payload[frame:frame + count])
-            frame += count
+        """As many RESULTS as it takes to keep each header within its budget
+        (inline results and output travel in it): output first, since it
+        precedes the results of its tasks; news and errors with the first."""
+        budget = header_budget(defaults.MAX_MESSAGE_SIZE)  # what a client accepts
+        message = ClientResults([], out.started, out.errors)
+        payload, size, frame = [], 0, 0
+        for row in out.output:
+            if size >= budget:
+                self._send(client_id, message, payload)
+                message, payload, size = ClientResults([]), [], 0
+            message.output.append(row)
+            size += text_size(row[2])
+        for row in out.results:
+            if size >= budget or len(message.results) >= MAX_RESULTS_PER_MESSAGE:
+                self._send(client_id, message, payload)
+                message, payload, size = ClientResults([]), [], 0
+            message.results.append(row)
+            payload.extend(out.payload[frame:frame + row[2]])
+            frame += row[2]
+            size += len(row[3]) + 16
+        self._send(client_id, message, payload)
 
     def _send_heartbeats(self) -> None:
         heartbeat = Heartbeat(len(self.state.workers))
@@ -572,13 +601,17 @@ class Broker:
         self._answered.add(peer_id)
         return True
 
-    def _complain(self, peer_id: bytes, code: str, text: str) -> None:
-        """Log bad input at a bounded rate and tell the peer, then carry on."""
+    def _note(self, peer_id: bytes, text: str) -> None:
+        """Log bad input at a bounded rate (the peer is not told)."""
         self._complaints += 1
         if self._complaints <= MAX_COMPLAINTS_PER_INTERVAL:
-            log.warning("peer %s: %s: %s", peer_id.hex(), code, text)
+            log.warning("peer %s: %s", peer_id.hex(), text)
         elif self._complaints == MAX_COMPLAINTS_PER_INTERVAL + 1:
             log.warning("more bad messages this interval; not logging them")
+
+    def _complain(self, peer_id: bytes, code: str, text: str) -> None:
+        """Log bad input at a bounded rate and tell the peer, then carry on."""
+        self._note(peer_id, f"{code}: {text}")
         if self._may_answer(peer_id):
             self._send(peer_id, Error(code, text[:1000]))
 

@@ -20,13 +20,18 @@ TaskKey = tuple  # (client_id: bytes, task_id: int)
 class Task:
     client_id: bytes
     task_id: int
-    frames: list
-    # Workers this task was in flight on when they died (for the poison rule).
-    lost_on: list = field(default_factory=list)
+    # Its payload: one bytes object (small, inline on the wire) or a list of frames.
+    frames: bytes | list
+    # Workers this task was in flight on when they died (for the poison rule);
+    # a tuple, so that the million tasks that never lose one share the empty one.
+    lost_on: tuple = ()
     # monotonic times, for the metrics; one float object is shared by a whole batch.
     submitted: float = 0.0
     dispatched: float = 0.0
     started: bool = False  # its worker said so (tasks may wait on a worker, prefetched)
+    # It was on a worker that died: it runs alone on a worker until it finishes,
+    # so that a task that kills its workers is told apart from its neighbours.
+    suspect: bool = False
 
     @property
     def key(self) -> TaskKey:
@@ -46,6 +51,7 @@ class Worker:
     done: int = 0
     failed: int = 0  # of those done, how many raised
     draining: bool = False
+    isolating: bool = False  # it holds a suspect task, and nothing else
 
 
 @dataclass(slots=True, eq=False)
@@ -169,18 +175,24 @@ class BrokerState:
         # Requeue at the front, keeping their original order. A worker runs its
         # tasks in the order given, so only those it said it started, and the
         # first ``threads`` (it may have started them without saying so yet),
-        # can have killed it; tasks that waited behind them cost no try.
+        # can have killed it; tasks that waited behind them cost no try. That
+        # guess can miss (a finished task whose result was still on its way
+        # counts among the first), so every task of a dead worker becomes a
+        # suspect and runs alone next time, where a death is its own.
         tasks = list(worker.in_flight.values())
         for index in range(len(tasks) - 1, -1, -1):
             task = tasks[index]
             del self.in_flight[task.key]
-            may_have_run, task.started = index < worker.threads or task.started, False
+            may_have_run = worker.isolating or index < worker.threads or task.started
+            task.started = False
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
             client.in_flight -= 1
+            if lost:
+                task.suspect = True
             if lost and may_have_run:
-                task.lost_on.append(worker_id)
+                task.lost_on += (worker_id,)
                 if len(task.lost_on) >= self.max_retries:
                     expired.poisoned.append(task)
                     continue
@@ -246,6 +258,7 @@ class BrokerState:
         """
         assignments: dict[bytes, Assignment] = {}
         while self.queued and self.ready:
+            before = len(self.queued)
             workers = list(self.ready)
             self.ready.clear()
             share = math.ceil(len(self.queued) / len(workers))
@@ -258,15 +271,23 @@ class BrokerState:
             for worker_id in workers:
                 if self.workers[worker_id].credit > 0:
                     self.ready[worker_id] = None
+            if len(self.queued) == before:
+                break  # a suspect at the front waits for a worker with nothing to do
         return [a for a in assignments.values() if a.tasks]
 
     def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
         taken = 0
-        while taken < count and self.queue:
-            task = self.queue.popleft()
+        while taken < count and self.queue and not worker.isolating:
+            task = self.queue[0]
             key = task.key
             if self.queued.get(key) is not task:
+                self.queue.popleft()
                 continue  # cancelled or its client is gone
+            if task.suspect:
+                if worker.in_flight:
+                    break  # it must run alone, and FIFO order holds behind it
+                worker.isolating = True
+            self.queue.popleft()
             del self.queued[key]
             self.in_flight[key] = worker.worker_id
             worker.in_flight[key] = task
@@ -310,6 +331,7 @@ class BrokerState:
                 continue
             del self.in_flight[key]
             task = worker.in_flight.pop(key)
+            worker.isolating = False
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
@@ -329,6 +351,7 @@ class BrokerState:
         del self.in_flight[key]
         worker = self.workers[worker_id]
         task = worker.in_flight.pop(key)
+        worker.isolating = False
         worker.done += 1
         client = self.clients.get(task.client_id)
         if client is None:

@@ -35,7 +35,8 @@ import zmq
 from client.errors import BrokerUnreachable, InitializerError, WorkerLostError
 from protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
-    ProtocolError, Role, Status, Submit, decode, encode, pack_payload, unpack_payloads,
+    ProtocolError, Role, Status, Submit, decode, encode, header_budget, pack_payload,
+    unpack_payloads,
 )
 from protocol import defaults
 from protocol.payload import dumps_call, loads_result, send_module_by_value
@@ -371,8 +372,9 @@ class Session:
                 if room <= 0:
                     return
             rows, payload = [], []
+            budget, size = header_budget(self._max_message_size), 0
             with self._lock:
-                while unsent and len(rows) < room:
+                while unsent and len(rows) < room and size < budget:
                     entry = self._pending.get(unsent.popleft())
                     if entry is None or entry.sent:
                         continue  # cancelled or failed meanwhile
@@ -380,6 +382,7 @@ class Session:
                     nframes, inline, frames = pack_payload(entry.frames)
                     rows.append([entry.future.task_id, nframes, inline])
                     payload.extend(frames)
+                    size += len(inline) + 16
             if rows:
                 self._open += len(rows)
                 self._send(Submit(rows), payload)

@@ -6,7 +6,9 @@ code), so that the broker, which imports only this, never loads an unpickler.
 from __future__ import annotations
 
 from protocol.defaults import PROTOCOL_VERSION
-from protocol.frames import decode, encode, pack_payload, split_frames, unpack_payloads
+from protocol.frames import (
+    decode, encode, header_budget, pack_payload, split_frames, text_size, unpack_payloads,
+)
 from protocol.messages import (
     Bye,
     Cancel,
@@ -56,7 +58,9 @@ __all__ = [
     "WorkerResults",
     "decode",
     "encode",
+    "header_budget",
     "pack_payload",
     "split_frames",
+    "text_size",
     "unpack_payloads",
 ]

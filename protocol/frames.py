@@ -69,10 +69,23 @@ def decode(frames: Sequence, sender: Role | None = None) -> tuple[Message, list]
     return kind.parse(header), list(frames[1:])
 
 
-def pack_payload(frames: list) -> tuple[int, bytes, list]:
+def header_budget(max_message_size: int) -> int:
+    """Bytes of inline payload and text a sender may put in one header: half of
+    what the receiver accepts, leaving room for everything else in it."""
+    return min(max_message_size, MAX_HEADER_SIZE) // 2
+
+
+def text_size(text: str) -> int:
+    """An upper bound of ``text``'s size in the header (UTF-8), without encoding it."""
+    return 4 * len(text)
+
+
+def pack_payload(frames: bytes | list) -> tuple[int, bytes, list]:
     """How one task's payload travels: ``(nframes, inline, frames)``. A single
     small ``bytes`` frame goes inline in the header (nframes 0); anything else
-    as frames."""
+    as frames. ``frames`` may also be one ``bytes`` object alone."""
+    if type(frames) is bytes:
+        frames = [frames]
     if len(frames) == 1:
         frame = frames[0]
         if type(frame) is bytes and len(frame) <= INLINE_MAX:

@@ -196,3 +196,12 @@ def fail_if_negative(x):
     if x < 0:
         raise ValueError(f"negative: {x}")
     return x
+
+
+def print_lots(megabytes):
+    """Prints ``megabytes`` MB of numbered lines, then returns how many lines."""
+    line = "x" * 99
+    count = megabytes * 10_000
+    for i in range(count):
+        print(line)
+    return count

@@ -59,3 +59,21 @@ def test_wrong_protocol_version_is_refused_with_the_brokers_version(executor, sh
     finally:
         context.destroy(linger=0)
     next_task_succeeds(executor)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_printing_megabytes_delivers_all_of_it_and_its_result(shared_cluster, capsys):
+    with client.Executor(shared_cluster) as ex:
+        assert ex.submit(helpers.print_lots, 20).result(timeout=90) == 200_000
+        out, _ = capsys.readouterr()
+    assert out.count("x" * 99 + "\n") == 200_000
+
+
+@pytest.mark.timeout(120)
+def test_many_mid_sized_calls_fit_under_a_small_message_limit(programs):
+    # 1,000 calls of 3 KB would make a 3 MB header at once; the limit is 1 MB.
+    _, address = programs.broker("--max-message-size", "1000000")
+    programs.worker(address, "--processes", "2")
+    with client.Executor(address) as ex:
+        blobs = [bytes([i % 256]) * 3000 for i in range(1000)]
+        assert list(ex.map(helpers.identity, blobs)) == blobs

@@ -79,6 +79,8 @@ def test_status_of_no_broker_fails_as_a_health_check_would():
 
 def test_metrics_counters_match_the_tasks_run(cluster):
     address, port, _ = cluster
+    helpers.wait_until(lambda: scrape(port)["zeropool_workers"] == 2, 30,
+                       what="both workers to join")
     with client.Executor(address) as ex:
         futures = [ex.submit(helpers.fail_if_negative, x) for x in range(-5, 25)]
         for future in futures:

@@ -131,7 +131,8 @@ class Peer:
 def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
     """The broker side: a worker holding tasks it has not started is asked for
     them back, and cancel() answers once it has replied."""
-    _, address = programs.broker()
+    # The raw worker sends no heartbeats: a liveness window longer than the test.
+    _, address = programs.broker("--liveness", "120")
     worker = Peer(zmq.DEALER, b"raw-worker")
     try:
         worker.socket.connect(address)
@@ -193,7 +194,8 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
         programs.processes.append(process)
         hello, _, worker_id = broker.expect(Op.HELLO)
         assert hello.threads == 1
-        broker.send(Welcome(PROTOCOL_VERSION, 1.0, 5, 1 << 30), to=worker_id)
+        # The raw broker sends no heartbeats: a liveness window longer than the test.
+        broker.send(Welcome(PROTOCOL_VERSION, 1.0, 120, 1 << 30), to=worker_id)
         started, markers = str(tmp_path / "started"), [str(tmp_path / f"ran-{i}") for i in (1, 2)]
         calls = [dumps_call(helpers.touch_then_wait, (started, gate), {})]
         calls += [dumps_call(helpers.touch, (marker,), {}) for marker in markers]
@@ -226,3 +228,16 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
         assert not any(os.path.exists(m) for m in markers)
     finally:
         broker.close()
+
+
+@pytest.mark.timeout(120)
+def test_only_the_task_that_kills_workers_fails_not_its_neighbours(cluster):
+    address = cluster(2)
+    with client.Executor(address) as ex:
+        warm_up(ex)  # prefetching: the killer's neighbours wait on the same worker
+        futures = [ex.submit(helpers.square, i) for i in range(20)]
+        killer = ex.submit(helpers.exit_process)
+        futures += [ex.submit(helpers.square, i) for i in range(20, 40)]
+        with pytest.raises(client.WorkerLostError):
+            killer.result(timeout=90)
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(40)]

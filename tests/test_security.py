@@ -17,7 +17,7 @@ import zmq
 import client
 from broker.__main__ import is_loopback
 from client import BrokerUnreachable, Executor, Security
-from protocol import PROTOCOL_VERSION, Hello, Role, Submit, encode
+from protocol import PROTOCOL_VERSION, Hello, Op, Role, Submit, decode, encode, pack_payload
 from protocol.payload import dumps_call
 from protocol.security import HandshakeWatch
 from tests import helpers
@@ -80,8 +80,8 @@ def intrude(address: str, sec: Security | None, marker: str) -> str:
         sock.connect(address)
         sock.send_multipart(encode(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(),
                                          host="intruder")))
-        frames = dumps_call(helpers.touch, (marker,), {})
-        sock.send_multipart(encode(Submit([[1, len(frames)]]), frames))
+        nframes, inline, frames = pack_payload(dumps_call(helpers.touch, (marker,), {}))
+        sock.send_multipart(encode(Submit([[1, nframes, inline]]), frames))
         reasons = []
 
         def failed() -> bool:
@@ -274,3 +274,35 @@ def test_status_works_against_a_curve_broker(secure, keys):
     without = subprocess.run(run, capture_output=True, text=True, timeout=30)
     assert without.returncode == 1
     assert "requires CURVE keys" in without.stderr
+
+
+def test_a_revoked_key_gets_nothing_run_even_on_its_open_connection(secure, keys, tmp_path):
+    address, _ = secure
+    _, authorized = keys
+    marker = str(tmp_path / "ran-after-revocation")
+    context = zmq.Context()
+    try:
+        sock = context.socket(zmq.DEALER)
+        security(keys, "client").apply(sock)
+        sock.connect(address)
+        hello = encode(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(), host="revoked"))
+        sock.send_multipart(hello)
+        assert sock.poll(30_000) and decode(sock.recv_multipart())[0].op is Op.WELCOME
+        os.remove(authorized / "client.key")
+        replies = []
+        helpers.wait_until(lambda: sock.poll(0) and replies.append(
+            decode(sock.recv_multipart())[0]) or any(r.op is Op.REFUSED for r in replies), 30,
+            what="the broker to refuse the revoked connection")
+        # The same connection says HELLO again and submits: refused, and nothing runs.
+        nframes, inline, frames = pack_payload(dumps_call(helpers.touch, (marker,), {}))
+        sock.send_multipart(hello)
+        sock.send_multipart(encode(Submit([[1, nframes, inline]]), frames))
+        helpers.wait_until(lambda: sock.poll(0) and replies.append(
+            decode(sock.recv_multipart())[0]) or sum(r.op is Op.REFUSED for r in replies) >= 2,
+            30, what="the second refusal")
+    finally:
+        context.destroy(linger=0)
+    # A round trip with another authorized key through the same broker and worker.
+    with Executor(address=address, security=security(keys, "worker")) as ex:
+        assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+    assert not os.path.exists(marker)

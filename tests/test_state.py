@@ -31,6 +31,11 @@ def keys(assignment: Assignment) -> list:
     return [task.key for task in assignment.tasks]
 
 
+def queue_order(state: BrokerState) -> list:
+    """The tasks still queued, front first."""
+    return [t for t in state.queue if state.queued.get(t.key) is t]
+
+
 def by_worker(assignments: list[Assignment]) -> dict:
     tasks: dict = {}
     for assignment in assignments:
@@ -311,9 +316,7 @@ def test_lost_worker_tasks_are_requeued_at_the_front_in_order():
     assert expired.workers == [W1]
     assert expired.requeued == 3
     assert expired.poisoned == []
-    state.add_worker(W2, 10, now=0.0)
-    [assignment] = state.assign()
-    assert ids(assignment) == [0, 1, 2, 3, 4]
+    assert [t.task_id for t in queue_order(state)] == [0, 1, 2, 3, 4]
 
 
 def test_lost_worker_counts_a_try_against_its_tasks():
@@ -322,9 +325,7 @@ def test_lost_worker_counts_a_try_against_its_tasks():
     state.add_worker(W1, 1, now=0.0)
     state.assign()
     state.remove_worker(W1, lost=True)
-    state.add_worker(W2, 10, now=0.0)
-    [assignment] = state.assign()
-    assert [t.lost_on for t in assignment.tasks] == [[W1], []]
+    assert [t.lost_on for t in queue_order(state)] == [(W1,), ()]
 
 
 def test_worker_leaving_in_order_requeues_without_counting_a_try():
@@ -338,7 +339,7 @@ def test_worker_leaving_in_order_requeues_without_counting_a_try():
     state.add_worker(W2, 10, now=0.0)
     [assignment] = state.assign()
     assert ids(assignment) == [1, 2, 3]
-    assert [t.lost_on for t in assignment.tasks] == [[], [], []]
+    assert [t.lost_on for t in assignment.tasks] == [(), (), ()]
 
 
 def test_removed_worker_is_forgotten():
@@ -371,7 +372,7 @@ def test_task_lost_on_max_retries_workers_is_poisoned():
         assert assignment.worker_id == worker_id
         expired = state.remove_worker(worker_id, lost=True)
     assert expired.requeued == 0
-    assert [(t.key, t.lost_on) for t in expired.poisoned] == [((C1, 1), [W1, W2])]
+    assert [(t.key, t.lost_on) for t in expired.poisoned] == [((C1, 1), (W1, W2))]
     assert state.queued == {}
     assert state.in_flight == {}
     assert state.clients[C1].in_flight == 0
@@ -412,9 +413,7 @@ def test_re_registered_worker_requeues_its_old_in_flight_tasks():
     assert worker.in_flight == {}
     assert worker.credit == 5
     assert state.in_flight == {}
-    [assignment] = state.assign()
-    assert assignment.worker_id == W1
-    assert ids(assignment) == [1, 2, 3]
+    assert [t.task_id for t in queue_order(state)] == [1, 2, 3]
 
 
 def test_first_registration_expires_nothing():
@@ -456,7 +455,7 @@ def test_expired_worker_tasks_are_requeued_as_lost():
     expired = state.expire(now=15.0)
     assert expired.workers == [W1]
     assert expired.requeued == 1
-    assert state.queued[(C1, 1)].lost_on == [W1]
+    assert state.queued[(C1, 1)].lost_on == (W1,)
 
 
 def test_re_adding_a_client_refreshes_it():
@@ -631,10 +630,52 @@ def test_lost_worker_counts_a_try_only_against_tasks_it_may_have_started():
     state.assign()
     assert state.started(W1, (C1, 3))  # said started: it ran out of order? count it
     state.remove_worker(W1, lost=True)
+    tasks = queue_order(state)
+    assert [t.lost_on for t in tasks] == [(W1,), (W1,), (), (W1,), (), ()]
+    assert not any(t.started for t in tasks)
+
+
+def test_tasks_of_a_dead_worker_run_alone_then_the_queue_flows_again():
+    state = make_state()
+    submit_all(state, C1, range(4))
+    state.add_worker(W1, 2, now=0.0)
+    state.assign()  # 0 and 1 on W1
+    state.remove_worker(W1, lost=True)
     state.add_worker(W2, 10, now=0.0)
-    [assignment] = state.assign()
-    assert [t.lost_on for t in assignment.tasks] == [[W1], [W1], [], [W1], [], []]
-    assert not any(t.started for t in assignment.tasks)
+    state.add_worker(W3, 10, now=0.0)
+    # The two suspects go one to a worker; task 2 waits behind them.
+    assert sorted(ids(a) for a in state.assign()) == [[0], [1]]
+    assert state.assign() == []
+    state.finish(W2, (C1, 0)) or state.finish(W3, (C1, 0))
+    state.add_credit(W2, 1)
+    state.add_credit(W3, 1)
+    assert sorted(t for a in state.assign() for t in ids(a)) == [2, 3]
+
+
+def test_the_task_that_kills_workers_is_found_even_when_a_neighbour_is_blamed_first():
+    state = make_state(max_retries=3)
+    submit_all(state, C1, ["quick", "killer", "later"])
+    state.add_worker(b"w0", 3, now=0.0, threads=1)
+    state.assign()
+    # "quick" finished but its result was still on its way when "killer" struck.
+    expired = state.remove_worker(b"w0", lost=True)
+    assert [t.lost_on for t in queue_order(state)] == [(b"w0",), (), ()]
+    poisoned = []
+    for n in range(1, 10):
+        worker = f"w{n}".encode()
+        state.add_worker(worker, 3, now=0.0, threads=1)
+        [assignment] = state.assign()
+        [task] = assignment.tasks  # a suspect runs alone
+        if task.task_id == "killer":
+            expired = state.remove_worker(worker, lost=True)
+            poisoned += [t.task_id for t in expired.poisoned]
+            if poisoned:
+                break
+        else:
+            assert state.finish(worker, task.key) is task
+            state.remove_worker(worker, lost=False)
+    assert poisoned == ["killer"]
+    assert [(t.task_id, t.lost_on) for t in queue_order(state)] == [("later", ())]
 
 
 def test_unstarted_lists_tasks_held_by_workers_not_yet_started():

@@ -34,8 +34,8 @@ import zmq
 
 from protocol import (
     PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
-    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload, split_frames,
-    unpack_payloads,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, header_budget, pack_payload,
+    split_frames, text_size, unpack_payloads,
 )
 from protocol import defaults
 from protocol.security import HandshakeWatch, Security, close_watched
@@ -47,9 +47,6 @@ log = logging.getLogger("zeropool.worker")
 # Results sent per message at most; more wait for the next pass, so that one
 # huge message cannot hold the loop.
 MAX_RESULTS_PER_MESSAGE = 1000
-# Task output per message at most: it travels in the msgpack header, which
-# has a hard limit (protocol.frames.MAX_HEADER_SIZE).
-MAX_OUTPUT_PER_MESSAGE = 1 << 20
 # Prefetch while the average task takes less than this...
 PREFETCH_BELOW = 0.005
 # ...about this much work per thread, in tasks at most PREFETCH_MAX per thread.
@@ -338,15 +335,16 @@ class Agent:
         events = self._runner.events
         while events:
             started, results, payload, printed = {}, [], [], []
-            printed_size = 0
-            while (events and len(results) < MAX_RESULTS_PER_MESSAGE
-                   and printed_size < MAX_OUTPUT_PER_MESSAGE):
+            # Inline results and output travel in the header, which the
+            # broker's limit (and the header's own) bounds.
+            budget, size = header_budget(self._runner.max_message_size), 0
+            while events and len(results) < MAX_RESULTS_PER_MESSAGE and size < budget:
                 event = events.popleft()
                 if event[0] == "started":
                     started[event[1]] = None
                 elif event[0] == "output":
                     _, key, stream, text = event
-                    printed_size += len(text)
+                    size += text_size(text)
                     last = printed[-1] if printed else None
                     if last and last[0] == key[0] and last[1] == key[1] and last[2] == stream:
                         last[3].append(text)  # print() writes the text and its newline apart
@@ -361,6 +359,7 @@ class Agent:
                     nframes, inline, frames = pack_payload(frames)
                     results.append([key[0], key[1], int(status), nframes, inline])
                     payload.extend(frames)
+                    size += len(inline) + 16
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])

@@ -16,7 +16,8 @@ from worker import output
 
 log = logging.getLogger("zeropool.worker")
 
-OUTPUT_CHUNK = 1 << 16
+# Characters of task output per event: one event always fits a message.
+OUTPUT_CHUNK = 1 << 13
 
 
 class Runner:
@@ -41,7 +42,9 @@ class Runner:
         self._start_lock = threading.Lock()
         self.running: dict[tuple, float] = {}  # key -> monotonic start time
         self.waiting: set[tuple] = set()  # submitted, not started
-        self._withdrawn: set[tuple] = set()
+        # Queue entries to skip, counted: a task given back, sent here again and
+        # given back again has two stale entries.
+        self._withdrawn: collections.Counter = collections.Counter()
         output.capture(self._on_output)
         self._threads = [threading.Thread(target=self._loop, name=f"zeropool-task-{i}",
                                           daemon=True) for i in range(threads)]
@@ -68,8 +71,10 @@ class Runner:
         while (item := self._tasks.get()) is not None:
             key, frames = item
             with self._start_lock:
-                if key in self._withdrawn:
-                    self._withdrawn.discard(key)
+                if self._withdrawn[key]:
+                    self._withdrawn[key] -= 1
+                    if not self._withdrawn[key]:
+                        del self._withdrawn[key]
                     continue
                 self.waiting.discard(key)
                 start = self.running[key] = time.monotonic()
@@ -96,7 +101,7 @@ class Runner:
             for key in keys:
                 if key in self.waiting:
                     self.waiting.discard(key)
-                    self._withdrawn.add(key)
+                    self._withdrawn[key] += 1
                     taken.append(key)
         return taken
 
