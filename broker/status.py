@@ -59,10 +59,12 @@ def render(report: dict) -> str:
         f"REQUEUED {report['requeued']}  CANCELLED {report['cancelled']}",
         "",
     ]
-    workers = [[w["id"], w["host"], w["pid"], w["threads"], w["busy"], w["done"], w["failed"],
+    workers = [[w["id"], w["host"], w["pid"], w["threads"], w["busy"], w["held"], w["done"],
+                w["failed"],
                 f"{w['last_heartbeat']:.1f}s ago" + (" (draining)" if w["draining"] else "")]
                for w in report["workers"]]
-    lines += _table(["WORKER", "HOST", "PID", "THREADS", "BUSY", "DONE", "FAILED",
+    # BUSY: tasks it has started; HELD: those plus tasks waiting on it (prefetched).
+    lines += _table(["WORKER", "HOST", "PID", "THREADS", "BUSY", "HELD", "DONE", "FAILED",
                      "LAST HEARTBEAT"], workers, "no workers")
     lines.append("")
     clients = [[c["id"], c["host"], c["pid"], c["queued"], c["in_flight"], c["done"]]

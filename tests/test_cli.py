@@ -169,3 +169,12 @@ def test_calls_of_a_module_workers_cannot_import_travel_by_value(shared_cluster)
         assert ex.submit(importlib.util.find_spec, "tests").result(timeout=30) is None
         # ...yet its functions run there: the client resends them by value.
         assert ex.submit(helpers.add, 2, 3).result(timeout=30) == 5
+
+
+def test_workers_and_clients_reach_the_broker_by_host_name(programs):
+    """As in compose (tcp://broker:5555): peers connect out to a name."""
+    _, address = programs.broker()
+    by_name = address.replace("127.0.0.1", "localhost")
+    programs.worker(by_name)
+    with client.Executor(by_name) as ex:
+        assert ex.submit(helpers.square, 6).result(timeout=30) == 36
