@@ -309,12 +309,12 @@ class Agent:
     def _prefetch(self) -> int:
         if self._task_time is None or self._task_time > PREFETCH_BELOW:
             return 0
-        if self._oldest_busy_since() is not None:
+        if self._all_busy_since() is not None:
             return 0  # long tasks occupy every thread now
         per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(self._task_time, 1e-6)))
         return self.threads * per_thread
 
-    def _oldest_busy_since(self) -> float | None:
+    def _all_busy_since(self) -> float | None:
         """If every thread has been running its task for GIVE_BACK_AFTER, the
         start time of the youngest; else None."""
         starts = self._runner.started_times()
@@ -325,7 +325,7 @@ class Agent:
 
     def _give_back_waiting(self) -> None:
         """Tasks waiting here behind long ones: let other workers run them."""
-        if self._runner.waiting and self._oldest_busy_since() is not None:
+        if self._runner.waiting and self._all_busy_since() is not None:
             log.debug("giving back %d task(s) waiting behind long ones",
                       len(self._runner.waiting))
             self._give_back(0, list(self._runner.waiting))
