@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -71,17 +72,18 @@ def pools() -> dict[str, Callable[[], cf.Executor]]:
         "zeropool": lambda: client.Executor(WORKERS),
         PPE: lambda: cf.ProcessPoolExecutor(WORKERS),
     }
-    try:
-        import loky
-        found["loky"] = lambda: loky.get_reusable_executor(WORKERS)
-    except ImportError:
-        pass
-    try:
-        import distributed  # noqa: F401
+    # Found, not imported: importing distributed changes how this process
+    # pickles exceptions, which must not leak into runs that leave it out.
+    if importlib.util.find_spec("loky") is not None:
+        found["loky"] = _loky_executor
+    if importlib.util.find_spec("distributed") is not None:
         found["dask"] = _DaskExecutor
-    except ImportError:
-        pass
     return found
+
+
+def _loky_executor() -> cf.Executor:
+    import loky
+    return loky.get_reusable_executor(WORKERS)
 
 
 def noop_throughput(ex: cf.Executor, n: int) -> float:

@@ -21,7 +21,7 @@ class _Collector:
     def collect(self):
         state, stats = self._broker.state, self._broker.stats
         yield GaugeMetricFamily("zeropool_queue_depth", "Tasks queued, not yet given to a worker",
-                                value=len(state.queued))
+                                value=state.queued_count)
         yield GaugeMetricFamily("zeropool_in_flight", "Tasks given to workers, not yet finished",
                                 value=len(state.in_flight))
         yield GaugeMetricFamily("zeropool_workers", "Workers connected", value=len(state.workers))

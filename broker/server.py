@@ -333,7 +333,7 @@ class Broker:
         return {
             "address": self.address, "pid": os.getpid(), "protocol": PROTOCOL_VERSION,
             "curve": self.zap is not None, "uptime": round(time.time() - self.started_at, 1),
-            "queued": len(state.queued), "in_flight": len(state.in_flight),
+            "queued": state.queued_count, "in_flight": len(state.in_flight),
             "tasks_per_second": round(stats.rate(now), 2), "submitted": stats.submitted,
             "completed": stats.completed, "failed": stats.failed, "requeued": stats.requeued,
             "cancelled": stats.cancelled, "unloadable": stats.unloadable,

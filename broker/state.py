@@ -59,11 +59,17 @@ class Client:
     client_id: bytes
     last_seen: float
     init_frames: list = field(default_factory=list)
-    queued: int = 0
+    # Its tasks in the broker's queue, by task id (the queue itself is shared):
+    # keyed per client, so that a million queued tasks need no key tuples.
+    waiting: dict = field(default_factory=dict)
     in_flight: int = 0
     done: int = 0
     pid: int = 0
     host: str = ""
+
+    @property
+    def queued(self) -> int:
+        return len(self.waiting)
 
 
 @dataclass(slots=True)
@@ -92,12 +98,18 @@ class BrokerState:
         self.peer_timeout = peer_timeout
         self.max_retries = max_retries
         self.queue: deque[Task] = deque()
-        self.queued: dict[TaskKey, Task] = {}
+        self.queued_count = 0
         self.in_flight: dict[TaskKey, bytes] = {}  # TaskKey -> worker id
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
         # Workers with credit, oldest first; a dict is an ordered set.
         self.ready: dict[bytes, None] = {}
+
+    @property
+    def queued(self) -> dict[TaskKey, Task]:
+        """Every queued task by key (built on demand: for tests and tools)."""
+        return {(client.client_id, task_id): task for client in self.clients.values()
+                for task_id, task in client.waiting.items()}
 
     # -- peers -------------------------------------------------------------
 
@@ -146,9 +158,8 @@ class BrokerState:
         client = self.clients.pop(client_id, None)
         if client is None:
             return 0
-        if client.queued:
-            for key in [k for k in self.queued if k[0] == client_id]:
-                del self.queued[key]
+        if client.waiting:
+            self.queued_count -= len(client.waiting)
             self.queue = deque(t for t in self.queue if t.client_id != client_id)
         # Its running tasks are forgotten too: their results are dropped, and a
         # client that comes back under the same id starts afresh.
@@ -197,21 +208,21 @@ class BrokerState:
                     expired.poisoned.append(task)
                     continue
             self.queue.appendleft(task)
-            self.queued[task.key] = task
-            client.queued += 1
+            client.waiting[task.task_id] = task
+            self.queued_count += 1
             expired.requeued += 1
 
     # -- tasks -------------------------------------------------------------
 
     def submit(self, client_id: bytes, task_id: int, frames: list, now: float = 0.0) -> bool:
         """Queue a task; False if the id is already known (a replay), which is dropped."""
-        key = (client_id, task_id)
-        if key in self.queued or key in self.in_flight:
+        client = self.clients[client_id]
+        if task_id in client.waiting or (client_id, task_id) in self.in_flight:
             return False
         task = Task(client_id, task_id, frames, submitted=now)
         self.queue.append(task)
-        self.queued[key] = task
-        self.clients[client_id].queued += 1
+        client.waiting[task_id] = task
+        self.queued_count += 1
         return True
 
     def cancel(self, client_id: bytes, task_ids: list) -> list:
@@ -219,12 +230,12 @@ class BrokerState:
         cancelled = []
         client = self.clients[client_id]
         for task_id in task_ids:
-            task = self.queued.pop((client_id, task_id), None)
+            task = client.waiting.pop(task_id, None)
             if task is not None:
                 task.frames = []  # it stays in the deque until popped; its payload need not
                 cancelled.append(task_id)
-                client.queued -= 1
-        if not self.queued:
+                self.queued_count -= 1
+        if not self.queued_count:
             self.queue.clear()
         return cancelled
 
@@ -257,11 +268,11 @@ class BrokerState:
         another idles; rounds repeat while tasks and credit remain.
         """
         assignments: dict[bytes, Assignment] = {}
-        while self.queued and self.ready:
-            before = len(self.queued)
+        while self.queued_count and self.ready:
+            before = self.queued_count
             workers = list(self.ready)
             self.ready.clear()
-            share = math.ceil(len(self.queued) / len(workers))
+            share = math.ceil(self.queued_count / len(workers))
             for worker_id in workers:
                 worker = self.workers[worker_id]
                 assignment = assignments.get(worker_id)
@@ -271,7 +282,7 @@ class BrokerState:
             for worker_id in workers:
                 if self.workers[worker_id].credit > 0:
                     self.ready[worker_id] = None
-            if len(self.queued) == before:
+            if self.queued_count == before:
                 break  # a suspect at the front waits for a worker with nothing to do
         return [a for a in assignments.values() if a.tasks]
 
@@ -279,8 +290,8 @@ class BrokerState:
         taken = 0
         while taken < count and self.queue and not worker.isolating:
             task = self.queue[0]
-            key = task.key
-            if self.queued.get(key) is not task:
+            client = self.clients.get(task.client_id)
+            if client is None or client.waiting.get(task.task_id) is not task:
                 self.queue.popleft()
                 continue  # cancelled or its client is gone
             if task.suspect:
@@ -288,11 +299,11 @@ class BrokerState:
                     break  # it must run alone, and FIFO order holds behind it
                 worker.isolating = True
             self.queue.popleft()
-            del self.queued[key]
+            del client.waiting[task.task_id]
+            self.queued_count -= 1
+            key = task.key
             self.in_flight[key] = worker.worker_id
             worker.in_flight[key] = task
-            client = self.clients[task.client_id]
-            client.queued -= 1
             client.in_flight += 1
             if client.init_frames and task.client_id not in worker.inits_sent:
                 worker.inits_sent.add(task.client_id)
@@ -340,8 +351,8 @@ class BrokerState:
         if requeue:
             for task in reversed(taken):
                 self.queue.appendleft(task)
-                self.queued[task.key] = task
-                self.clients[task.client_id].queued += 1
+                self.clients[task.client_id].waiting[task.task_id] = task
+                self.queued_count += 1
         return [task.key for task in taken]
 
     def finish(self, worker_id: bytes, key: TaskKey) -> Task | None:
