@@ -250,10 +250,15 @@ class Broker:
         if public_key in self.zap.keys:
             self._peer_keys[peer_id] = public_key
             return True
-        log.warning("refused peer %s at %s: its key %s was removed from the authorized keys",
-                    peer_id.hex(), frame.get("Peer-Address"), key_id(public_key))
-        self._send(peer_id, Refused(f"this peer's key {key_id(public_key)} is no longer "
-                                    "authorized by the broker", PROTOCOL_VERSION))
+        try:
+            address = frame.get("Peer-Address")
+        except zmq.ZMQError:
+            address = "an unknown address"
+        self._note(peer_id, f"refused at {address}: its key {key_id(public_key)} was removed "
+                   "from the authorized keys")
+        if self._may_answer(peer_id):  # a peer may repeat itself and never read
+            self._send(peer_id, Refused(f"this peer's key {key_id(public_key)} is no longer "
+                                        "authorized by the broker", PROTOCOL_VERSION))
         return False
 
     def _reload_keys(self) -> None:
@@ -279,8 +284,10 @@ class Broker:
 
     def on_hello(self, peer_id: bytes, hello: Hello, payload: list, now: float) -> None:
         if hello.version != PROTOCOL_VERSION:
-            log.warning("refused peer %s: protocol version %d, broker speaks %d",
-                        peer_id.hex(), hello.version, PROTOCOL_VERSION)
+            self._note(peer_id, f"refused: protocol version {hello.version}, the broker "
+                       f"speaks {PROTOCOL_VERSION}")
+            if not self._may_answer(peer_id):
+                return
             self._send(peer_id, Refused(
                 f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
                 f"{hello.version}; install the same zeropool version on every host",
@@ -307,13 +314,14 @@ class Broker:
                                     self.max_message_size))
 
     def on_stats(self, peer_id: bytes, request: Stats) -> None:
+        if not self._may_answer(peer_id):
+            return
         if request.version != PROTOCOL_VERSION:
             self._send(peer_id, Refused(
                 f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
                 f"{request.version}", PROTOCOL_VERSION))
             return
-        if self._may_answer(peer_id):
-            self._send(peer_id, StatsReply(self.report()))
+        self._send(peer_id, StatsReply(self.report()))
 
     def report(self) -> dict:
         """What ``broker status`` shows: plain values only."""
