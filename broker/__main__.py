@@ -76,7 +76,8 @@ def parser() -> argparse.ArgumentParser:
                    default=os.environ.get("ZEROPOOL_AUTHORIZED_KEYS"),
                    help="directory of the public .key files of the workers and clients "
                    "allowed in; files added or removed take effect within one heartbeat "
-                   "interval, and a peer whose key is removed is refused and disconnected "
+                   "interval, and a peer whose key is removed is refused and forgotten, even "
+                   "on a connection it already has "
                    "(default: $ZEROPOOL_AUTHORIZED_KEYS)")
     p.add_argument("--insecure", action="store_true", default=_env_flag("ZEROPOOL_INSECURE"),
                    help="allow binding a non-loopback address without CURVE keys: anyone "

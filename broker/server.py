@@ -228,6 +228,8 @@ class Broker:
                 return
             return self.on_hello(peer_id, message, payload, now)
         if message is not None and message.op is Op.STATS:
+            if self.zap is not None and not self._key_still_valid(peer_id, frames[0]):
+                return
             return self.on_stats(peer_id, message)
         if role is None:
             # Also a peer this broker declared dead, or one from before a restart
