@@ -286,14 +286,7 @@ class Broker:
 
     def on_hello(self, peer_id: bytes, hello: Hello, payload: list, now: float) -> None:
         if hello.version != PROTOCOL_VERSION:
-            self._note(peer_id, f"refused: protocol version {hello.version}, the broker "
-                       f"speaks {PROTOCOL_VERSION}")
-            if not self._may_answer(peer_id):
-                return
-            self._send(peer_id, Refused(
-                f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
-                f"{hello.version}; install the same zeropool version on every host",
-                PROTOCOL_VERSION))
+            self._refuse_version(peer_id, hello.version)
             return
         known = self.state.role_of(peer_id)
         if known is not None and known != hello.role.value:
@@ -316,14 +309,19 @@ class Broker:
                                     self.max_message_size))
 
     def on_stats(self, peer_id: bytes, request: Stats) -> None:
-        if not self._may_answer(peer_id):
-            return
         if request.version != PROTOCOL_VERSION:
+            self._refuse_version(peer_id, request.version)
+        elif self._may_answer(peer_id):
+            self._send(peer_id, StatsReply(self.report()))
+
+    def _refuse_version(self, peer_id: bytes, version: int) -> None:
+        self._note(peer_id, f"refused: protocol version {version}, the broker speaks "
+                   f"{PROTOCOL_VERSION}")
+        if self._may_answer(peer_id):
             self._send(peer_id, Refused(
                 f"this broker speaks zeropool protocol {PROTOCOL_VERSION}, the peer speaks "
-                f"{request.version}", PROTOCOL_VERSION))
-            return
-        self._send(peer_id, StatsReply(self.report()))
+                f"{version}; install the same zeropool version on every host",
+                PROTOCOL_VERSION))
 
     def report(self) -> dict:
         """What ``broker status`` shows: plain values only."""
