@@ -26,8 +26,7 @@ import sys
 import threading
 import time
 import weakref
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
+from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any, Callable, Iterable
 
 import zmq
@@ -39,7 +38,7 @@ from protocol import (
     unpack_payloads,
 )
 from protocol import defaults
-from protocol.payload import dumps_call, loads_result, send_module_by_value
+from protocol.payload import dumps_call, loads_call, loads_result, send_module_by_value
 from protocol.security import HandshakeWatch, Security, close_watched
 from protocol.waker import Waker
 
@@ -51,27 +50,26 @@ MAX_SUBMIT_BATCH = 1000
 
 
 class TaskFuture(Future):
-    """A ``concurrent.futures.Future`` whose ``cancel()`` asks the broker first."""
+    """A ``concurrent.futures.Future`` whose ``cancel()`` asks the broker first.
 
-    def __init__(self, session: Session, task_id: int) -> None:
+    It is also the task table's entry: one object per task, not two, because
+    each object a task keeps alive costs every full garbage collection while
+    tasks are in flight.
+    """
+
+    def __init__(self, session: Session, task_id: int, frames: Any) -> None:
         super().__init__()
         self.task_id = task_id
         self._session = session
+        self.frames = frames  # the pickled call, kept for a resubmission
+        self.sent = False
+        self.resent_by_value = False
 
     def cancel(self) -> bool:
         if self.running() or self.done():
             return super().cancel()
         self._session.cancel([self])
         return self.cancelled()
-
-
-@dataclass(slots=True, eq=False)
-class _Entry:
-    future: TaskFuture
-    frames: list
-    call: tuple  # (fn, args, kwargs), to pickle again by value if a worker cannot import fn
-    sent: bool = False
-    resent_by_value: bool = False
 
 
 class _CancelRequest:
@@ -108,7 +106,7 @@ class Session:
         self._max_message_size = defaults.MAX_MESSAGE_SIZE
 
         self._lock = threading.Lock()  # guards _pending across caller threads and the I/O thread
-        self._pending: dict[int, _Entry] = {}
+        self._pending: dict[int, TaskFuture] = {}
         self._task_ids = itertools.count(1)
         self._request_ids = itertools.count(1)
         self._outbox: collections.deque = collections.deque()
@@ -148,14 +146,16 @@ class Session:
         frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
         self._check_size(frames)
         task_id = next(self._task_ids)
-        future = TaskFuture(self, task_id)
+        future = TaskFuture(self, task_id, frames[0] if len(frames) == 1 else frames)
         with self._lock:
-            self._pending[task_id] = _Entry(future, frames, (fn, args, kwargs))
+            self._pending[task_id] = future
         self._outbox.append(task_id)
         self._waker.wake()
         return future
 
     def _check_size(self, frames: list) -> None:
+        if len(frames) == 1 and len(frames[0]) <= self._max_message_size:
+            return
         largest = max(memoryview(frame).nbytes for frame in frames)
         if largest > self._max_message_size:
             raise ValueError(
@@ -185,7 +185,7 @@ class Session:
 
     def pending_futures(self) -> list[TaskFuture]:
         with self._lock:
-            return [entry.future for entry in self._pending.values()]
+            return list(self._pending.values())
 
     def close(self, wait: bool = True, force: bool = False) -> None:
         """Finish pending tasks (or, with ``force``, abandon them), then disconnect."""
@@ -302,10 +302,10 @@ class Session:
             request.done.set()
         self._cancels.clear()
         with self._lock:
-            entries = sorted(self._pending.items())
-        for task_id, entry in entries:
-            if entry.sent:
-                entry.sent = False
+            tasks = sorted(self._pending.items())
+        for task_id, task in tasks:
+            if task.sent:
+                task.sent = False
                 self._unsent.appendleft(task_id)
         self._unsent = collections.deque(sorted(self._unsent))
         self._open = 0
@@ -375,12 +375,12 @@ class Session:
             budget, size = header_budget(self._max_message_size), 0
             with self._lock:
                 while unsent and len(rows) < room and size < budget:
-                    entry = self._pending.get(unsent.popleft())
-                    if entry is None or entry.sent:
+                    task = self._pending.get(unsent.popleft())
+                    if task is None or task.sent:
                         continue  # cancelled or failed meanwhile
-                    entry.sent = True
-                    nframes, inline, frames = pack_payload(entry.frames)
-                    rows.append([entry.future.task_id, nframes, inline])
+                    task.sent = True
+                    nframes, inline, frames = pack_payload(task.frames)
+                    rows.append([task.task_id, nframes, inline])
                     payload.extend(frames)
                     size += len(inline) + 16
             if rows:
@@ -393,14 +393,14 @@ class Session:
         cancelled = []
         with self._lock:
             for task_id in request.task_ids:
-                entry = self._pending.get(task_id)
-                if entry is None:
+                task = self._pending.get(task_id)
+                if task is None:
                     continue
-                if entry.sent:
+                if task.sent:
                     ask.append(task_id)
                 else:
                     del self._pending[task_id]
-                    cancelled.append(entry.future)
+                    cancelled.append(task)
         for future in cancelled:
             _cancel(future)
         return ask
@@ -418,10 +418,10 @@ class Session:
         futures = []
         with self._lock:
             for task_id in reply.task_ids:
-                entry = self._pending.pop(task_id, None)
-                if entry is not None:
+                task = self._pending.pop(task_id, None)
+                if task is not None:
                     self._open -= 1
-                    futures.append(entry.future)
+                    futures.append(task)
         for future in futures:
             if future.running():
                 # Shown running, then requeued when its worker died: it will not run now.
@@ -437,23 +437,23 @@ class Session:
         self._no_workers_since = None
         pending = self._pending
         for task_id in message.started:
-            entry = pending.get(task_id)
-            if entry is not None:
-                _start(entry.future)
+            task = pending.get(task_id)
+            if task is not None:
+                _start(task)
         if message.output and self._task_output is not None:
             self._print(message.output)  # before the results: a task's output precedes its end
         groups = unpack_payloads(message.results, 2, payload)
-        for (task_id, status, _, _), frames in zip(message.results, groups):
-            with self._lock:
-                entry = pending.pop(task_id, None)
-            if entry is None:
+        with self._lock:
+            tasks = [pending.pop(row[0], None) for row in message.results]
+        for (task_id, status, _, _), frames, task in zip(message.results, groups, tasks):
+            if task is None:
                 continue  # a duplicate after a reconnect, or already failed
             self._open -= 1
             if self._mid_line:
                 self._mid_line.discard((task_id, 1))
                 self._mid_line.discard((task_id, 2))
             if status == Status.INIT_FAILED:
-                self._break(entry.future, frames)
+                self._break(task, frames)
                 continue
             try:
                 ok, value = loads_result(status, frames)
@@ -463,44 +463,32 @@ class Session:
                     f"be unpickled here: {type(exc).__name__}: {exc} (is every module it "
                     "needs importable in this process?)")
                 value.__cause__ = exc
-            if status == Status.UNPICKLE_FAILED and self._resend_by_value(entry, value):
+            if status == Status.UNPICKLE_FAILED and self._resend_by_value(task, value):
                 continue
-            if not _start(entry.future):
-                continue
-            if ok:
-                entry.future.set_result(value)
-            else:
-                entry.future.set_exception(value)
+            _finish(task, ok, value)
         for task_id, code, text in message.errors:
             with self._lock:
-                entry = pending.pop(task_id, None)
-            if entry is not None:
+                task = pending.pop(task_id, None)
+            if task is not None:
                 self._open -= 1
-                if _start(entry.future):
-                    entry.future.set_exception(WorkerLostError(text) if code == "worker_lost"
+                if _start(task):
+                    task.set_exception(WorkerLostError(text) if code == "worker_lost"
                                                else BrokerUnreachable(text))
         self._send_unsent()
 
     def _print(self, rows: list) -> None:
         """Show what remote tasks printed on this process's stdout and stderr."""
         prefixed = self._task_output == "prefix"
-        used = set()
+        texts: dict[int, list[str]] = {1: [], 2: []}
         for task_id, stream, text, worker in rows:
             if task_id not in self._pending:
                 continue  # a copy from a run whose result already arrived
             if prefixed:
                 text = self._prefix(task_id, stream, text, f"[{worker}] ")
-            out = sys.stdout if stream == 1 else sys.stderr
-            try:
-                out.write(text)
-                used.add(out)
-            except (OSError, ValueError, AttributeError):  # closed or missing: drop it
-                pass
-        for out in used:
-            try:
-                out.flush()
-            except (OSError, ValueError):
-                pass
+            texts[1 if stream == 1 else 2].append(text)
+        for stream, pieces in texts.items():
+            if pieces:
+                _write_output(stream, "".join(pieces))
 
     def _prefix(self, task_id: int, stream: int, text: str, prefix: str) -> str:
         key = (task_id, stream)
@@ -517,21 +505,24 @@ class Session:
             self._mid_line.add(key)
         return "".join(pieces)
 
-    def _resend_by_value(self, entry: _Entry, exc: BaseException) -> bool:
+    def _resend_by_value(self, task: TaskFuture, exc: BaseException) -> bool:
         """A worker could not import the module of a call: send it by value, once."""
         name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
-        if entry.resent_by_value or not name or not send_module_by_value(name):
+        if task.resent_by_value or not name or not send_module_by_value(name):
             return False
         log.info("workers cannot import module %r; sending its functions by value", name)
         try:
-            frames = dumps_call(*entry.call)
+            # This process has the module: the call unpickles here, to pickle again by value.
+            frames = dumps_call(*loads_call(task.frames if type(task.frames) is list
+                                            else [task.frames]))
         except Exception:
             return False
         task_id = next(self._task_ids)
-        entry.future.task_id = task_id
-        entry.frames, entry.sent, entry.resent_by_value = frames, False, True
+        task.task_id = task_id
+        task.frames = frames[0] if len(frames) == 1 else frames
+        task.sent, task.resent_by_value = False, True
         with self._lock:
-            self._pending[task_id] = entry
+            self._pending[task_id] = task
         self._unsent.append(task_id)
         return True
 
@@ -557,8 +548,8 @@ class Session:
         broken.__cause__ = cause
         self.broken = broken
         with self._lock:
-            entries = list(self._pending.values())
-            sent = [e.future.task_id for e in entries if e.sent]
+            tasks = list(self._pending.values())
+            sent = [task.task_id for task in tasks if task.sent]
         if sent:
             self._send(Cancel(0, sent))  # fire and forget: stop wasting workers' time
         if _start(future):
@@ -567,11 +558,11 @@ class Session:
 
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
-            entries = list(self._pending.values())
+            tasks = list(self._pending.values())
             self._pending.clear()
-        for entry in entries:
-            if _start(entry.future):
-                entry.future.set_exception(exc)
+        for task in tasks:
+            if _start(task):
+                task.set_exception(exc)
 
     def _send(self, message: Any, payload: list = ()) -> None:
         self._socket.send_multipart(encode(message, payload), copy=False)
@@ -585,6 +576,48 @@ def _start(future: Future) -> bool:
     if future.done():
         return False
     return future.set_running_or_notify_cancel()
+
+
+def _write_output(stream: int, text: str) -> None:
+    """Write task output as a process pool's children do: straight to the file
+    descriptor. Through ``sys.stdout`` it could land between a line that this
+    process prints and its newline, which ``print`` writes separately. A
+    replaced ``sys.stdout`` (a notebook, a redirect, a test's capture) is
+    written to instead. Closed or missing streams drop the output."""
+    out = sys.stdout if stream == 1 else sys.stderr
+    fd = None
+    if out is not None and out is (sys.__stdout__ if stream == 1 else sys.__stderr__):
+        try:
+            fd = out.fileno()
+        except (OSError, ValueError, AttributeError):
+            pass
+    try:
+        if fd is not None:
+            data = memoryview(text.encode(out.encoding or "utf-8", "backslashreplace"))
+            while data:
+                data = data[os.write(fd, data):]
+        else:
+            out.write(text)
+            out.flush()
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _finish(future: Future, ok: bool, value: Any) -> None:
+    """Complete a future taken from the task table.
+
+    No future there is cancelled or done (only this module cancels them, and
+    takes them out of the table first), and ``set_result`` also accepts a
+    PENDING one: a task that finished before its start was reported needs no
+    RUNNING step, which would cost three more lock round trips.
+    """
+    try:
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+    except InvalidStateError:  # a user who called Future.cancel past ours
+        pass
 
 
 def _cancel(future: Future) -> None:

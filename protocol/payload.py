@@ -8,12 +8,25 @@ large buffer that supports out-of-band pickling (NumPy arrays,
 ``pickle.PickleBuffer``), so that ZeroMQ sends them without copying them into
 the stream. Plain ``bytes`` are always copied in band: the pickler gives no
 hook for them.
+
+Two shortcuts keep a small call cheap to send, each exact (what arrives is what
+cloudpickle alone would have sent):
+
+- A function that cloudpickle pickles by reference (a module-level function of
+  an importable module) is pickled once per function object; the call carries
+  those bytes, and each worker unpickles them once.
+- Arguments and results made only of builtin values (numbers, strings, bytes,
+  builtin containers) are pickled by the stdlib's C pickler without
+  cloudpickle's per-pickle set-up; anything else goes to cloudpickle.
 """
 from __future__ import annotations
 
+import io
 import pickle
 import sys
 import traceback
+import types
+import weakref
 from typing import Any, Callable, Sequence
 
 import cloudpickle
@@ -29,6 +42,23 @@ __all__ = ["dumps", "loads", "dumps_call", "loads_call", "dumps_result",
 OUT_OF_BAND_MIN = 64 * 1024
 
 _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
+
+# Types the C pickler pickles itself; containers may still hold anything else,
+# which _PlainPickler refuses.
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray,
+                    tuple, list, dict, set, frozenset})
+
+# Function -> its by-reference pickle, or None where cloudpickle sends it by
+# value. Weak, so that a lambda made per call does not pile up here.
+_function_pickles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Which modules cloudpickle sends by value changes what a function pickles to.
+_by_value_modules = getattr(getattr(cloudpickle, "cloudpickle", None),
+                            "_PICKLE_BY_VALUE_MODULES", None)
+_by_value_seen: frozenset = frozenset()
+
+# Worker side: a function's by-reference pickle -> the function.
+_loaded_functions: dict[bytes, Callable] = {}
+_LOADED_FUNCTIONS_MAX = 4096
 
 
 def send_module_by_value(name: str) -> bool:
@@ -46,11 +76,51 @@ def send_module_by_value(name: str) -> bool:
     if name.partition(".")[0] in _OUR_PACKAGES:
         return False
     cloudpickle.register_pickle_by_value(module)
+    _function_pickles.clear()
     return True
 
 
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` into frames: the stream, then its large buffers."""
+    if type(obj) in _PLAIN:
+        frames = _plain_dumps(obj)
+        if frames is not None:
+            return frames
+    return _dumps(obj, cloudpickle.dumps)
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    """The C pickler, refusing anything that is not a builtin value.
+
+    The C pickler handles None, bools, numbers, strings, bytes and the builtin
+    containers itself and asks ``reducer_override`` about everything else
+    (functions, classes, instances): such a stream holds only builtin values,
+    which cloudpickle would have pickled the same way.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        raise _NotPlain
+
+
+def _plain_dumps(obj: Any) -> list | None:
+    """``obj`` by the C pickler if it holds only builtin values, else None."""
+    try:
+        return _dumps(obj, _plain_pickle)
+    except Exception:  # cloudpickle may manage it, or raises the error to report
+        return None
+
+
+def _plain_pickle(obj: Any, protocol: int, buffer_callback: Callable) -> bytes:
+    file = io.BytesIO()
+    _PlainPickler(file, protocol, buffer_callback=buffer_callback).dump(obj)
+    return file.getvalue()
+
+
+def _dumps(obj: Any, pickler: Callable) -> list:
     buffers: list = []
 
     def out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -63,7 +133,7 @@ def dumps(obj: Any) -> list:
         buffers.append(view)
         return False
 
-    stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=out_of_band)
+    stream = pickler(obj, protocol=5, buffer_callback=out_of_band)
     return [stream, *buffers]
 
 
@@ -80,11 +150,49 @@ def loads(frames: Sequence) -> Any:
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     """Frames for one call; raises what pickling raises (nothing is sent then)."""
-    return dumps((fn, args, kwargs))
+    reference = _function_pickle(fn)
+    if reference is not None:
+        frames = _plain_dumps((reference, args, kwargs))
+        if frames is not None:
+            return frames
+        return _dumps((reference, args, kwargs), cloudpickle.dumps)
+    return _dumps((fn, args, kwargs), cloudpickle.dumps)
+
+
+def _function_pickle(fn: Any) -> bytes | None:
+    """``fn``'s pickle if cloudpickle sends it by reference; None otherwise."""
+    global _by_value_seen
+    if type(fn) is not types.FunctionType or _by_value_modules is None:
+        return None
+    if _by_value_modules != _by_value_seen:  # someone called register_pickle_by_value
+        _function_pickles.clear()
+        _by_value_seen = frozenset(_by_value_modules)
+    try:
+        return _function_pickles[fn]
+    except KeyError:
+        pass
+    try:
+        reference = pickle.dumps(fn, protocol=5)
+        # Equal only if cloudpickle also pickles it by reference, not by value
+        # (a function of __main__, a closure, a module sent by value).
+        if reference != cloudpickle.dumps(fn, protocol=5):
+            reference = None
+    except Exception:
+        reference = None
+    _function_pickles[fn] = reference
+    return reference
 
 
 def loads_call(frames: Sequence) -> tuple[Callable, tuple, dict]:
     fn, args, kwargs = loads(frames)
+    if type(fn) is bytes:  # a function sent by reference (dumps_call)
+        reference = fn
+        fn = _loaded_functions.get(reference)
+        if fn is None:
+            fn = pickle.loads(reference)
+            if len(_loaded_functions) >= _LOADED_FUNCTIONS_MAX:
+                _loaded_functions.clear()
+            _loaded_functions[reference] = fn
     return fn, args, kwargs
 
 

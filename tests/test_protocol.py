@@ -5,14 +5,19 @@ from __future__ import annotations
 import math
 import operator
 import pickle
+import textwrap
 import threading
 
+import cloudpickle
+import hypothesis
 import msgpack
 import pytest
+from hypothesis import strategies
 import zmq
 
 import protocol
 from protocol import payload
+from tests import helpers
 from protocol.errors import RemoteError, RemoteTraceback
 from protocol.defaults import PROTOCOL_VERSION
 from protocol.frames import MAX_HEADER_SIZE
@@ -469,6 +474,62 @@ def test_dumps_call_round_trips():
 def test_dumps_call_raises_when_an_argument_cannot_pickle():
     with pytest.raises(TypeError):
         payload.dumps_call(operator.add, (threading.Lock(),), {})
+
+
+# textwrap, not tests.helpers: other tests may have made the client send that by value.
+def test_a_function_of_an_importable_module_travels_as_its_reference():
+    frames = payload.dumps_call(textwrap.indent, ("a", "> "), {})
+    reference = pickle.loads(frames[0])[0]
+    assert reference == pickle.dumps(textwrap.indent, protocol=5)
+    fn, args, kwargs = payload.loads_call(frames)
+    assert fn is textwrap.indent
+    assert fn(*args, **kwargs) == "> a"
+
+
+def test_a_module_sent_by_value_later_is_not_sent_by_its_old_reference():
+    assert payload.loads_call(payload.dumps_call(textwrap.indent, ("a", "> "), {}))[0] \
+        is textwrap.indent
+    cloudpickle.register_pickle_by_value(textwrap)
+    try:
+        fn, args, kwargs = payload.loads_call(payload.dumps_call(textwrap.indent, ("a", "> "), {}))
+    finally:
+        cloudpickle.unregister_pickle_by_value(textwrap)
+    assert fn is not textwrap.indent  # a copy, made from its code
+    assert fn(*args) == "> a"
+    assert payload.loads_call(payload.dumps_call(textwrap.indent, ("a", "> "), {}))[0] \
+        is textwrap.indent
+
+
+def test_a_closure_travels_by_value_with_its_state_at_each_call():
+    state = {"n": 1}
+
+    def read():
+        return state["n"]
+
+    first = payload.loads_call(payload.dumps_call(read, (), {}))[0]
+    state["n"] = 2
+    second = payload.loads_call(payload.dumps_call(read, (), {}))[0]
+    assert (first(), second()) == (1, 2)
+
+
+def test_arguments_holding_objects_go_through_cloudpickle():
+    fn, args, kwargs = payload.loads_call(
+        payload.dumps_call(helpers.identity, ([1, lambda x: x + 1],), {"k": {2: Bad}}))
+    assert args[0][1](1) == 2
+    assert kwargs == {"k": {2: Bad}}
+
+
+@hypothesis.settings(max_examples=200, deadline=None, derandomize=True)
+@hypothesis.given(strategies.recursive(
+    strategies.none() | strategies.booleans() | strategies.integers() | strategies.text()
+    | strategies.binary() | strategies.floats(allow_nan=False),
+    lambda children: strategies.lists(children) | strategies.tuples(children, children)
+    | strategies.dictionaries(strategies.text(), children)))
+def test_builtin_values_round_trip(value):
+    fn, args, kwargs = payload.loads_call(payload.dumps_call(helpers.identity, (value,), {}))
+    assert fn(*args) == value
+    status, frames = payload.dumps_result(value)
+    assert payload.loads_result(status, frames) == (True, value)
 
 
 def test_dumps_result_of_a_value_is_ok():
