@@ -6,8 +6,9 @@ forwards payload frames without looking inside them.
 A payload is a list of frames: the pickle stream first, then one frame per
 large buffer that supports out-of-band pickling (NumPy arrays,
 ``pickle.PickleBuffer``), so that ZeroMQ sends them without copying them into
-the stream. Plain ``bytes`` are always copied in band: the pickler gives no
-hook for them.
+the stream. The pickler has no hook for ``bytes`` and ``bytearray``, and copies
+them into the stream; so a large one that is an argument or a result itself
+(not inside a container) is wrapped to travel out of band too (_LargeBytes).
 
 Two shortcuts keep a small call cheap to send, each exact (what arrives is what
 cloudpickle alone would have sent):
@@ -43,10 +44,7 @@ OUT_OF_BAND_MIN = 64 * 1024
 
 _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
 
-# Types the C pickler pickles itself; containers may still hold anything else,
-# which _PlainPickler refuses.
-_PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray,
-                    tuple, list, dict, set, frozenset})
+_BYTES = (bytes, bytearray)
 
 # Function -> its by-reference pickle, or None where cloudpickle sends it by
 # value. Weak, so that a lambda made per call does not pile up here.
@@ -82,11 +80,50 @@ def send_module_by_value(name: str) -> bool:
 
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` into frames: the stream, then its large buffers."""
+    obj = _apart(obj)
     if type(obj) in _PLAIN:
         frames = _plain_dumps(obj)
         if frames is not None:
             return frames
     return _dumps(obj, cloudpickle.dumps)
+
+
+class _LargeBytes:
+    """A large ``bytes`` or ``bytearray`` that travels as a frame of its own and
+    arrives as its own type (one copy, out of the received frame)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self.data = data
+
+    def __reduce_ex__(self, protocol: int) -> tuple:
+        return type(self.data), (pickle.PickleBuffer(self.data),)
+
+
+def _apart(value: Any) -> Any:
+    """``value`` wrapped to travel out of band if it is large bytes, else itself."""
+    if type(value) in _BYTES and len(value) >= OUT_OF_BAND_MIN:
+        return _LargeBytes(value)
+    return value
+
+
+def _args_apart(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    for arg in args:
+        if type(arg) in _BYTES and len(arg) >= OUT_OF_BAND_MIN:
+            args = tuple(map(_apart, args))
+            break
+    for arg in kwargs.values():
+        if type(arg) in _BYTES and len(arg) >= OUT_OF_BAND_MIN:
+            kwargs = {key: _apart(value) for key, value in kwargs.items()}
+            break
+    return args, kwargs
+
+
+# Types the C pickler pickles itself (and _LargeBytes, which _PlainPickler
+# reduces); containers may still hold anything else, which it refuses.
+_PLAIN = frozenset({type(None), bool, int, float, str, bytes, bytearray,
+                    tuple, list, dict, set, frozenset, _LargeBytes})
 
 
 class _NotPlain(Exception):
@@ -103,6 +140,10 @@ class _PlainPickler(pickle.Pickler):
     """
 
     def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is _LargeBytes:
+            return obj.__reduce_ex__(5)
+        if obj is bytes or obj is bytearray:  # _LargeBytes' reconstructors, as globals
+            return NotImplemented
         raise _NotPlain
 
 
@@ -150,6 +191,7 @@ def loads(frames: Sequence) -> Any:
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     """Frames for one call; raises what pickling raises (nothing is sent then)."""
+    args, kwargs = _args_apart(args, kwargs)
     reference = _function_pickle(fn)
     if reference is not None:
         frames = _plain_dumps((reference, args, kwargs))

@@ -532,6 +532,32 @@ def test_builtin_values_round_trip(value):
     assert payload.loads_result(status, frames) == (True, value)
 
 
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_large_bytes_argument_travels_out_of_band_and_arrives_as_its_type(kind):
+    data = kind(b"z" * payload.OUT_OF_BAND_MIN)
+    frames = payload.dumps_call(helpers.identity, (1, data), {"k": data})
+    assert len(frames) == 3
+    assert len(frames[0]) < 1000
+    _, args, kwargs = payload.loads_call([zmq.Frame(bytes(f)) for f in frames])
+    assert type(args[1]) is kind and args[1] == data
+    assert type(kwargs["k"]) is kind and kwargs["k"] == data
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray])
+def test_a_large_bytes_result_travels_out_of_band_and_arrives_as_its_type(kind):
+    data = kind(b"z" * payload.OUT_OF_BAND_MIN)
+    status, frames = payload.dumps_result(data)
+    assert len(frames) == 2
+    ok, value = payload.loads_result(status, [zmq.Frame(bytes(f)) for f in frames])
+    assert ok and type(value) is kind and value == data
+
+
+def test_bytes_inside_a_container_or_small_stay_in_the_stream():
+    small = b"z" * (payload.OUT_OF_BAND_MIN - 1)
+    large = b"z" * payload.OUT_OF_BAND_MIN
+    assert len(payload.dumps_call(helpers.identity, (small, [large]), {})) == 1
+
+
 def test_dumps_result_of_a_value_is_ok():
     status, frames = payload.dumps_result({"answer": 42})
     assert status is Status.OK
