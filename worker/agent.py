@@ -54,6 +54,10 @@ PREFETCH_SPAN = 0.002
 PREFETCH_MAX = 32
 # Tasks waiting behind threads that have all been busy this long go back to the broker.
 GIVE_BACK_AFTER = 0.02
+# A task's start is reported once it has run this long (or with its result, if
+# sooner): a report per task would cost a message through the broker to the
+# client, which competes with the result on the way.
+START_REPORT_AFTER = 0.001
 
 
 class Exit(enum.IntEnum):
@@ -91,6 +95,7 @@ class Agent:
         self._waker = Waker()
         self._runner = Runner(threads, self._waker.wake)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
+        self._unreported: set[tuple] = set()  # of those, not yet reported started either
         self._outstanding = 0  # credit the broker has not used yet
         self._task_time: float | None = None  # moving average of task run times
         self._draining = False
@@ -134,17 +139,18 @@ class Agent:
     def _serve(self, wake_read: int) -> Exit:
         self._connect()
         announced_drain = False
+        poller, polled = None, None
         while True:
-            poller = zmq.Poller()
-            poller.register(self._socket, zmq.POLLIN)
-            poller.register(self._waker.fd, zmq.POLLIN)
-            poller.register(wake_read, zmq.POLLIN)
-            poller.register(self._handshake.monitor, zmq.POLLIN)
-            for fd in self.watch_fds:
-                poller.register(fd, zmq.POLLIN)
+            if polled is not self._socket:  # a new connection: a new poller
+                poller, polled = zmq.Poller(), self._socket
+                for item in (self._socket, self._waker.fd, wake_read, self._handshake.monitor,
+                             *self.watch_fds):
+                    poller.register(item, zmq.POLLIN)
             next_chore = min(self._last_send + self.heartbeat_interval,
                              self._broker_seen + self.heartbeat_interval * self.liveness)
             timeout = max(0.0, next_chore - time.monotonic())
+            if self._unreported:
+                timeout = min(timeout, START_REPORT_AFTER)
             if self._runner.waiting:
                 timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
             events = dict(poller.poll(timeout * 1000))
@@ -281,6 +287,7 @@ class Agent:
         for (client_id, task_id, _, _), frames in zip(dispatch.tasks, groups):
             key = (client_id, task_id)
             self._running.add(key)
+            self._unreported.add(key)
             self._runner.submit(key, frames)
         self._outstanding = max(0, self._outstanding - len(dispatch.tasks))
 
@@ -291,6 +298,7 @@ class Agent:
     def _give_back(self, request_id: int, keys: list) -> None:
         taken = self._runner.withdraw(keys)
         self._running.difference_update(taken)
+        self._unreported.difference_update(taken)
         if not request_id:
             # Unasked, it also takes back all unused credit, or the broker would
             # send the same tasks straight back here.
@@ -356,10 +364,12 @@ class Agent:
                     self._task_time = seconds if average is None else average * 0.8 + seconds * 0.2
                     started.pop(key, None)  # its result says it started
                     self._running.discard(key)
+                    self._unreported.discard(key)
                     nframes, inline, frames = pack_payload(frames)
                     results.append([key[0], key[1], int(status), nframes, inline])
                     payload.extend(frames)
                     size += len(inline) + 16
+            self._unreported.difference_update(started)
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])

@@ -25,7 +25,8 @@ class Runner:
 
     Each thread reports ``("started", key)``, ``("output", key, stream,
     text)`` for what the task prints, and ``("done", key, status, frames,
-    seconds)`` on ``events``, and calls ``notify`` so the I/O loop wakes.
+    seconds)`` on ``events``, and calls ``notify`` after the last two so the
+    I/O loop wakes.
     Tasks not yet started can be withdrawn (``withdraw``).
     """
 
@@ -78,8 +79,9 @@ class Runner:
                     continue
                 self.waiting.discard(key)
                 start = self.running[key] = time.monotonic()
+            # No wake for this: the I/O loop reports starts on its own
+            # schedule (worker.agent.START_REPORT_AFTER).
             self.events.append(("started", key))
-            self._notify()
             output.running(key)
             try:
                 status, out = self.run(key[0], frames)
