@@ -29,12 +29,14 @@ import sys
 import time
 from typing import Callable
 
-from bench import tasks
+from bench import relay, tasks
 from bench.queued import TIMEOUT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKERS = 2
 PPE = "ProcessPoolExecutor"
+# Not a pool: the transport alone (bench/relay.py), for the round trip and bandwidth rows.
+RELAY = "pyzmq relay"
 # Pools that run the queued workloads (see the module docstring).
 QUEUED_POOLS = ("zeropool", PPE)
 
@@ -112,11 +114,16 @@ def latency(ex: cf.Executor, n: int) -> tuple[float, float]:
 
 
 def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> float:
+    """Serial time of the work ÷ (workers × wall time on the pool)."""
+    singles = []
+    for _ in range(3):  # one timing alone swings with the machine's load
+        start = time.perf_counter()
+        tasks.burn(n)
+        singles.append(time.perf_counter() - start)
+    one = statistics.median(singles)
     start = time.perf_counter()
-    tasks.burn(n)
-    one = time.perf_counter() - start
-    start = time.perf_counter()
-    list(ex.map(tasks.burn, [n] * count))
+    # Each call distinct: Dask runs calls with equal arguments once.
+    list(ex.map(tasks.burn, [n] * count, range(count)))
     wall = time.perf_counter() - start
     return (one * count / WORKERS) / wall
 
@@ -371,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = measure(factory, sizes, repeats)
         if name in QUEUED_POOLS:
             results[name].update(measure_queued(name, sizes))
+    if not args.only or RELAY in args.only:
+        print(f"measuring {RELAY} ...", file=sys.stderr, flush=True)
+        results[RELAY] = relay.measure(sizes["latency"], sizes["payload"],
+                                       sizes["payload_repeat"])
     targets = verdicts(results)
     table = markdown(results, sizes, targets)
     print(table)
@@ -387,7 +398,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{sizes['slice']:,} no-op calls from the head of a queue that stays at least "
                 "N long (all queued behind blockers first); broker CPU per task: the "
                 "broker's own CPU time over the same calls. The queued workloads run for "
-                "zeropool and ProcessPoolExecutor only.\n\n"
+                f"zeropool and ProcessPoolExecutor only. {RELAY}: not a pool, the floor "
+                "under zeropool's round trip and bandwidth: bare pyzmq messages through "
+                "the same four hops and three processes, nothing else (bench/relay.py).\n\n"
                 + table + "\n")
     return 0
 

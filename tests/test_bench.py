@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from bench import run
+from bench import relay, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -62,3 +62,10 @@ def test_targets_are_judged_against_peers_that_ran():
     assert found["noop_tasks_per_s"] == [{"target": "≥ 5× PPE", "met": True}]  # no loky, no Dask
     assert found["p50_us"] == [{"target": "≤ PPE", "met": False}]
     assert found["startup_s"] == [{"target": "≤ 1 s", "met": None}]
+
+
+def test_the_transport_floor_is_measured():
+    floor = relay.measure(latency_calls=50, size=200_000, repeat=2)
+    assert set(floor) == {"p50_us", "p99_us", "payload_up_GBps", "payload_down_GBps"}
+    assert all(math.isfinite(v) and v > 0 for v in floor.values())
+    assert floor["p50_us"] <= floor["p99_us"]
