@@ -115,6 +115,7 @@ class Broker:
         self.socket.setsockopt(zmq.RCVHWM, 0)
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.copy_threshold = defaults.COPY_THRESHOLD
         try:
             self.socket.bind(bind)
         except zmq.ZMQError:

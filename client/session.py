@@ -282,6 +282,7 @@ class Session:
         sock.setsockopt(zmq.SNDHWM, 0)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.copy_threshold = defaults.COPY_THRESHOLD
         if self._security is not None:
             self._security.apply(sock)
         self._socket = sock

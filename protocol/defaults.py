@@ -31,3 +31,8 @@ MAX_TASK_RETRIES = 3
 
 # How long a client waits for a broker to answer its HELLO.
 CONNECT_TIMEOUT = 10.0
+# pyzmq sends a frame at least this large without copying it, and then needs
+# its garbage-collector thread to learn when ZeroMQ is done with the buffer: a
+# wake-up and the GIL per frame. Up to here a copy is cheaper (pyzmq's own
+# default is 64 KiB, which a header batching a thousand small tasks passes).
+COPY_THRESHOLD = 1 << 20

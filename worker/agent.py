@@ -210,6 +210,7 @@ class Agent:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.copy_threshold = defaults.COPY_THRESHOLD
         if self.security is not None:
             self.security.apply(sock)
         self._socket = sock
