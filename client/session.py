@@ -426,7 +426,7 @@ class Session:
         for future in futures:
             if future.running():
                 # Shown running, then requeued when its worker died: it will not run now.
-                future.set_exception(CancelledError(
+                _finish(future, False, CancelledError(
                     "cancelled after its worker was lost, before it ran again"))
             else:
                 _cancel(future)
@@ -472,9 +472,8 @@ class Session:
                 task = pending.pop(task_id, None)
             if task is not None:
                 self._open -= 1
-                if _start(task):
-                    task.set_exception(WorkerLostError(text) if code == "worker_lost"
-                                               else BrokerUnreachable(text))
+                _finish(task, False, WorkerLostError(text) if code == "worker_lost"
+                        else BrokerUnreachable(text))
         self._send_unsent()
 
     def _print(self, rows: list) -> None:
@@ -553,8 +552,7 @@ class Session:
             sent = [task.task_id for task in tasks if task.sent]
         if sent:
             self._send(Cancel(0, sent))  # fire and forget: stop wasting workers' time
-        if _start(future):
-            future.set_exception(broken)
+        _finish(future, False, broken)
         self._fail_all(broken)
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -562,8 +560,7 @@ class Session:
             tasks = list(self._pending.values())
             self._pending.clear()
         for task in tasks:
-            if _start(task):
-                task.set_exception(exc)
+            _finish(task, False, exc)
 
     def _send(self, message: Any, payload: list = ()) -> None:
         self._socket.send_multipart(encode(message, payload), copy=False)
@@ -604,7 +601,7 @@ def _write_output(stream: int, text: str) -> None:
         pass
 
 
-def _finish(future: Future, ok: bool, value: Any) -> None:
+def _finish(future: TaskFuture, ok: bool, value: Any) -> None:
     """Complete a future taken from the task table.
 
     No future there is cancelled or done (only this module cancels them, and
@@ -612,6 +609,7 @@ def _finish(future: Future, ok: bool, value: Any) -> None:
     PENDING one: a task that finished before its start was reported needs no
     RUNNING step, which would cost three more lock round trips.
     """
+    future.frames = None  # the user may keep the future; the call is not needed now
     try:
         if ok:
             future.set_result(value)
@@ -621,9 +619,10 @@ def _finish(future: Future, ok: bool, value: Any) -> None:
         pass
 
 
-def _cancel(future: Future) -> None:
+def _cancel(future: TaskFuture) -> None:
     """Cancel and notify at once, so that wait() and as_completed() count it as done
     (the stdlib pools notify only when a worker later dequeues the call)."""
+    future.frames = None
     if Future.cancel(future):
         future.set_running_or_notify_cancel()
 

@@ -45,6 +45,9 @@ OUT_OF_BAND_MIN = 64 * 1024
 _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
 
 _BYTES = (bytes, bytearray)
+# Values the C pickler writes without ever asking reducer_override: for these
+# the stdlib's pickle.dumps is the plain pickler, without its set-up.
+_ATOMS = frozenset({type(None), bool, int, float, str})
 
 # Function -> its by-reference pickle, or None where cloudpickle sends it by
 # value. Weak, so that a lambda made per call does not pile up here.
@@ -80,6 +83,8 @@ def send_module_by_value(name: str) -> bool:
 
 def dumps(obj: Any) -> list:
     """Pickle ``obj`` into frames: the stream, then its large buffers."""
+    if type(obj) in _ATOMS:
+        return [pickle.dumps(obj, protocol=5)]
     obj = _apart(obj)
     if type(obj) in _PLAIN:
         frames = _plain_dumps(obj)
@@ -194,6 +199,8 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     args, kwargs = _args_apart(args, kwargs)
     reference = _function_pickle(fn)
     if reference is not None:
+        if not kwargs and all(type(arg) in _ATOMS for arg in args):
+            return [pickle.dumps((reference, args, kwargs), protocol=5)]
         frames = _plain_dumps((reference, args, kwargs))
         if frames is not None:
             return frames

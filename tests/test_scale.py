@@ -37,3 +37,18 @@ def test_long_task_does_not_stall_heartbeats_or_other_results(programs, tmp_path
         assert not long.done()  # every short result arrived while the long task ran
         assert long.result(timeout=60) == "long"
     assert len(os.listdir(runs)) == 1  # it ran once: never declared lost and requeued
+
+
+@pytest.mark.timeout(120)
+def test_a_future_kept_after_its_result_does_not_keep_its_arguments(shared_cluster):
+    # The client keeps each call's pickle for a resubmission until it is answered.
+    with client.Executor(address=shared_cluster) as ex:
+        done = ex.submit(len, b"x" * (1 << 20))
+        failed = ex.submit(helpers.raise_value_error, "x" * (1 << 20))
+        assert done.result(timeout=60) == 1 << 20
+        with pytest.raises(ValueError):
+            failed.result(timeout=60)
+        cancelled = ex.submit(len, b"x" * (1 << 20))
+        cancelled.cancel()  # may or may not have started: either way it is finished
+        cf.wait([cancelled], timeout=60)
+        assert done.frames is None and failed.frames is None and cancelled.frames is None

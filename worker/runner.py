@@ -126,6 +126,8 @@ class Runner:
             return dumps_exception(exc)
         del fn, args, kwargs
         status, frames = dumps_result(value)
+        if len(frames) == 1 and len(frames[0]) <= self.max_message_size:
+            return status, frames
         largest = max(memoryview(frame).nbytes for frame in frames)
         if largest > self.max_message_size:
             return dumps_exception(ValueError(
