@@ -27,6 +27,7 @@ import threading
 import time
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures._base import PENDING as _PENDING
 from typing import Any, Callable, Iterable
 
 import zmq
@@ -49,6 +50,44 @@ log = logging.getLogger("zeropool.client")
 MAX_SUBMIT_BATCH = 1000
 
 
+class _Condition(threading.Condition):
+    """A ``threading.Condition`` over its own RLock, made without binding five
+    of the lock's methods to itself: a future is made per task, and while tasks
+    are in flight each object they hold costs every garbage collection."""
+
+    def __init__(self) -> None:  # noqa: the base __init__ is what this replaces
+        self._lock = threading.RLock()
+        self._waiters = collections.deque()
+
+    def acquire(self, *args: Any) -> bool:
+        return self._lock.acquire(*args)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)
+
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()
+
+
+def _lean_futures_fit() -> bool:
+    """Whether Future and Condition keep the attributes that TaskFuture and
+    _Condition set themselves (private to the stdlib, so checked, not assumed)."""
+    return (set(vars(Future())) == {"_condition", "_state", "_result", "_exception",
+                                    "_waiters", "_done_callbacks"}
+            and set(vars(threading.Condition(threading.RLock()))) == {
+                "_lock", "acquire", "release", "_release_save", "_acquire_restore",
+                "_is_owned", "_waiters"})
+
+
+_LEAN_FUTURES = _lean_futures_fit()
+
+
 class TaskFuture(Future):
     """A ``concurrent.futures.Future`` whose ``cancel()`` asks the broker first.
 
@@ -58,7 +97,15 @@ class TaskFuture(Future):
     """
 
     def __init__(self, session: Session, task_id: int, frames: Any) -> None:
-        super().__init__()
+        if _LEAN_FUTURES:  # Future.__init__, with a leaner condition
+            self._condition = _Condition()
+            self._state = _PENDING
+            self._result = None
+            self._exception = None
+            self._waiters = []
+            self._done_callbacks = []
+        else:
+            super().__init__()
         self.task_id = task_id
         self._session = session
         self.frames = frames  # the pickled call, kept for a resubmission

@@ -345,3 +345,36 @@ def test_cancelled_futures_count_as_done_for_wait(tmp_path, gate):
     finally:
         helpers.touch(gate)
         ex.shutdown(wait=True)
+
+
+def test_zeropool_futures_use_the_lean_condition_here():
+    # TaskFuture sets Future's and Condition's private attributes itself when
+    # they are the ones it knows; on this interpreter that path must be the one
+    # the contract tests above exercise.
+    from client import session
+    assert session._LEAN_FUTURES
+    future = session.TaskFuture(None, 1, b"")
+    assert type(future._condition) is session._Condition
+    assert set(vars(future)) >= set(vars(cf.Future()))
+
+
+def test_the_lean_condition_waits_notifies_and_reenters():
+    from client.session import _Condition
+    condition = _Condition()
+    with condition:
+        with condition:  # an RLock, as Future's is
+            assert not condition.wait(0.01)
+    woken = threading.Event()
+
+    def waiter():
+        with condition:
+            if condition.wait(30):
+                woken.set()
+
+    thread = threading.Thread(target=waiter)
+    thread.start()
+    wait_until(lambda: condition._waiters, 30, what="the waiter to wait")
+    with condition:
+        condition.notify_all()
+    thread.join(30)
+    assert woken.is_set()
