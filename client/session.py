@@ -491,9 +491,11 @@ class Session:
         if message.output and self._task_output is not None:
             self._print(message.output)  # before the results: a task's output precedes its end
         groups = unpack_payloads(message.results, 2, payload)
-        with self._lock:
-            tasks = [pending.pop(row[0], None) for row in message.results]
-        for (task_id, status, _, _), frames, task in zip(message.results, groups, tasks):
+        for (task_id, status, _, _), frames in zip(message.results, groups):
+            # One at a time: a task stays in the table (where a failure of this
+            # loop, or a broken initializer, still finds it) until it is answered.
+            with self._lock:
+                task = pending.pop(task_id, None)
             if task is None:
                 continue  # a duplicate after a reconnect, or already failed
             self._open -= 1
@@ -526,16 +528,19 @@ class Session:
     def _print(self, rows: list) -> None:
         """Show what remote tasks printed on this process's stdout and stderr."""
         prefixed = self._task_output == "prefix"
-        texts: dict[int, list[str]] = {1: [], 2: []}
+        runs: list[tuple[int, list[str]]] = []  # consecutive rows of one stream, joined
         for task_id, stream, text, worker in rows:
             if task_id not in self._pending:
                 continue  # a copy from a run whose result already arrived
             if prefixed:
                 text = self._prefix(task_id, stream, text, f"[{worker}] ")
-            texts[1 if stream == 1 else 2].append(text)
-        for stream, pieces in texts.items():
-            if pieces:
-                _write_output(stream, "".join(pieces))
+            stream = 1 if stream == 1 else 2
+            if runs and runs[-1][0] == stream:
+                runs[-1][1].append(text)
+            else:
+                runs.append((stream, [text]))
+        for stream, pieces in runs:
+            _write_output(stream, "".join(pieces))
 
     def _prefix(self, task_id: int, stream: int, text: str, prefix: str) -> str:
         key = (task_id, stream)
@@ -662,8 +667,12 @@ def _finish(future: TaskFuture, ok: bool, value: Any) -> None:
             future.set_result(value)
         else:
             future.set_exception(value)
-    except InvalidStateError:  # a user who called Future.cancel past ours
-        pass
+    except InvalidStateError:
+        # Cancelled by Future.cancel, bypassing ours: notify its waiters now.
+        try:
+            future.set_running_or_notify_cancel()
+        except RuntimeError:  # done, or notified already
+            pass
 
 
 def _cancel(future: TaskFuture) -> None:

@@ -1,8 +1,10 @@
 """Numbers that the broker, workers and clients must agree on."""
 from __future__ import annotations
 
-# Bumped on any incompatible change to messages.py or frames.py.
-PROTOCOL_VERSION = 2
+# Bumped on any incompatible change to messages.py, frames.py or payload.py
+# (3: a call may carry its function's pickle as bytes, which older workers
+# would try to call).
+PROTOCOL_VERSION = 3
 
 # A peer silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is dead.
 # One second keeps idle traffic negligible; five misses tolerate a busy GIL or

@@ -6,9 +6,11 @@ forwards payload frames without looking inside them.
 A payload is a list of frames: the pickle stream first, then one frame per
 large buffer that supports out-of-band pickling (NumPy arrays,
 ``pickle.PickleBuffer``), so that ZeroMQ sends them without copying them into
-the stream. The pickler has no hook for ``bytes`` and ``bytearray``, and copies
-them into the stream; so a large one that is an argument or a result itself
-(not inside a container) is wrapped to travel out of band too (_LargeBytes).
+the stream. The pickler has no hook for ``bytes``, and copies them into the
+stream; so a large one that is an argument or a result itself (not inside a
+container) is wrapped to travel out of band too (_LargeBytes). A ``bytearray``
+is still copied: it is mutable, and the caller may change or resize it while
+the call waits to be sent.
 
 Two shortcuts keep a small call cheap to send, each exact (what arrives is what
 cloudpickle alone would have sent):
@@ -44,14 +46,16 @@ OUT_OF_BAND_MIN = 64 * 1024
 
 _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
 
-_BYTES = (bytes, bytearray)
 # Values the C pickler writes without ever asking reducer_override: for these
 # the stdlib's pickle.dumps is the plain pickler, without its set-up.
 _ATOMS = frozenset({type(None), bool, int, float, str})
 
-# Function -> its by-reference pickle, or None where cloudpickle sends it by
-# value. Weak, so that a lambda made per call does not pile up here.
+# Function -> (its by-reference pickle, the module it was found in, the names
+# leading to it there), or None
+# where cloudpickle sends it by value. Weak, so that a lambda made per call does
+# not pile up here.
 _function_pickles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_generation = 0  # bumped when the pickles above are forgotten
 # Which modules cloudpickle sends by value changes what a function pickles to.
 _by_value_modules = getattr(getattr(cloudpickle, "cloudpickle", None),
                             "_PICKLE_BY_VALUE_MODULES", None)
@@ -77,8 +81,14 @@ def send_module_by_value(name: str) -> bool:
     if name.partition(".")[0] in _OUR_PACKAGES:
         return False
     cloudpickle.register_pickle_by_value(module)
-    _function_pickles.clear()
+    _forget_function_pickles()
     return True
+
+
+def _forget_function_pickles() -> None:
+    global _generation
+    _generation += 1
+    _function_pickles.clear()
 
 
 def dumps(obj: Any) -> list:
@@ -94,35 +104,45 @@ def dumps(obj: Any) -> list:
 
 
 class _LargeBytes:
-    """A large ``bytes`` or ``bytearray`` that travels as a frame of its own and
-    arrives as its own type (one copy, out of the received frame)."""
+    """A large ``bytes`` that travels as a frame of its own and arrives as
+    ``bytes`` (one copy, out of the received frame)."""
 
     __slots__ = ("data",)
 
-    def __init__(self, data: bytes | bytearray) -> None:
+    def __init__(self, data: bytes) -> None:
         self.data = data
 
     def __reduce_ex__(self, protocol: int) -> tuple:
-        return type(self.data), (pickle.PickleBuffer(self.data),)
+        return bytes, (pickle.PickleBuffer(self.data),)
+
+
+def _is_large_bytes(value: Any) -> bool:
+    return type(value) is bytes and len(value) >= OUT_OF_BAND_MIN
 
 
 def _apart(value: Any) -> Any:
     """``value`` wrapped to travel out of band if it is large bytes, else itself."""
-    if type(value) in _BYTES and len(value) >= OUT_OF_BAND_MIN:
-        return _LargeBytes(value)
-    return value
+    return _LargeBytes(value) if _is_large_bytes(value) else value
 
 
 def _args_apart(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    for arg in args:
-        if type(arg) in _BYTES and len(arg) >= OUT_OF_BAND_MIN:
-            args = tuple(map(_apart, args))
+    """Large bytes among the arguments wrapped, each object once, so that one
+    passed twice still travels once and arrives as one object."""
+    for value in (*args, *kwargs.values()) if kwargs else args:
+        if type(value) is bytes and len(value) >= OUT_OF_BAND_MIN:
             break
-    for arg in kwargs.values():
-        if type(arg) in _BYTES and len(arg) >= OUT_OF_BAND_MIN:
-            kwargs = {key: _apart(value) for key, value in kwargs.items()}
-            break
-    return args, kwargs
+    else:
+        return args, kwargs
+    wrapped: dict[int, _LargeBytes] = {}
+
+    def apart(value: Any) -> Any:
+        if not _is_large_bytes(value):
+            return value
+        if id(value) not in wrapped:
+            wrapped[id(value)] = _LargeBytes(value)
+        return wrapped[id(value)]
+
+    return tuple(map(apart, args)), {key: apart(value) for key, value in kwargs.items()}
 
 
 # Types the C pickler pickles itself (and _LargeBytes, which _PlainPickler
@@ -147,7 +167,7 @@ class _PlainPickler(pickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is _LargeBytes:
             return obj.__reduce_ex__(5)
-        if obj is bytes or obj is bytearray:  # _LargeBytes' reconstructors, as globals
+        if obj is bytes:  # _LargeBytes' reconstructor, as a global
             return NotImplemented
         raise _NotPlain
 
@@ -214,22 +234,34 @@ def _function_pickle(fn: Any) -> bytes | None:
     if type(fn) is not types.FunctionType or _by_value_modules is None:
         return None
     if _by_value_modules != _by_value_seen:  # someone called register_pickle_by_value
-        _function_pickles.clear()
+        _forget_function_pickles()
         _by_value_seen = frozenset(_by_value_modules)
-    try:
-        return _function_pickles[fn]
-    except KeyError:
-        pass
+    entry = _function_pickles.get(fn, ())
+    if entry is None:
+        return None
+    if entry:
+        # Still where it was found? After a reload or a monkeypatch of its
+        # module, cloudpickle would send it by value.
+        reference, module, names = entry
+        if sys.modules.get(fn.__module__) is module:
+            found = module
+            for name in names:
+                found = getattr(found, name, None)
+            if found is fn:
+                return reference
+    generation = _generation
+    entry = None
     try:
         reference = pickle.dumps(fn, protocol=5)
         # Equal only if cloudpickle also pickles it by reference, not by value
         # (a function of __main__, a closure, a module sent by value).
-        if reference != cloudpickle.dumps(fn, protocol=5):
-            reference = None
+        if reference == cloudpickle.dumps(fn, protocol=5):
+            entry = (reference, sys.modules[fn.__module__], tuple(fn.__qualname__.split(".")))
     except Exception:
-        reference = None
-    _function_pickles[fn] = reference
-    return reference
+        pass
+    if generation == _generation:  # not forgotten meanwhile by another thread
+        _function_pickles[fn] = entry
+    return entry[0] if entry else None
 
 
 def loads_call(frames: Sequence) -> tuple[Callable, tuple, dict]:

@@ -1,8 +1,10 @@
 """Seeing what a cluster does: broker status, Prometheus metrics, task output."""
 from __future__ import annotations
 
+import io
 import json
 import os
+import sys
 import subprocess
 import urllib.request
 
@@ -132,6 +134,39 @@ def test_task_output_keeps_order_per_task_and_can_be_prefixed(shared_cluster, ca
             f"task {n} line 0", f"task {n} line 1", f"task {n} line 2", f"task {n} joined"]
         assert all(line.startswith("[") and ":" in line.split("]")[0] for line in mine)
     assert err.count("] task") == 6
+
+
+class _CountingStream(io.TextIOWrapper):
+    writes = 0
+
+    def write(self, text):
+        type(self).writes += 1
+        return super().write(text)
+
+
+def test_task_output_goes_to_the_descriptor_of_the_processs_own_stream(
+        shared_cluster, capfd, monkeypatch):
+    # As a process pool's children write: whole, never between a line this
+    # process prints and its newline, so not through the stream's write().
+    own = _CountingStream(open(os.dup(1), "wb"), write_through=True)
+    monkeypatch.setattr("sys.stdout", own)
+    monkeypatch.setattr("sys.__stdout__", own)
+    try:
+        with client.Executor(shared_cluster) as ex:
+            assert ex.submit(helpers.chatty, 7).result(timeout=30) == 7
+        out, _ = capfd.readouterr()  # capfd captures descriptor 1, where the dup points
+        assert "task 7 line 0\ntask 7 line 1\ntask 7 line 2\ntask 7 joined\n" in out
+        assert _CountingStream.writes == 0
+    finally:
+        own.close()
+
+
+def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
+    from client.session import _write_output
+    replaced = io.StringIO()
+    monkeypatch.setattr("sys.stdout", replaced)
+    _write_output(1, "line\n")
+    assert replaced.getvalue() == "line\n"
 
 
 def test_task_output_can_be_switched_off(shared_cluster, capsys):

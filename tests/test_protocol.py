@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 import operator
 import pickle
+import sys
 import textwrap
 import threading
+import types
+import weakref
 
 import cloudpickle
 import hypothesis
@@ -500,6 +503,39 @@ def test_a_module_sent_by_value_later_is_not_sent_by_its_old_reference():
         is textwrap.indent
 
 
+def test_a_function_is_pickled_by_cloudpickle_once(monkeypatch):
+    calls = []
+    real = payload.cloudpickle.dumps
+    monkeypatch.setattr(payload.cloudpickle, "dumps", lambda *a, **k: calls.append(a) or real(*a, **k))
+    monkeypatch.setattr(payload, "_function_pickles", weakref.WeakKeyDictionary())
+    for i in range(3):
+        payload.dumps_call(textwrap.dedent, (str(i),), {})
+    assert calls == [(textwrap.dedent,)]
+
+
+def test_a_function_replaced_in_its_module_travels_by_value(monkeypatch):
+    original = textwrap.dedent
+    payload.dumps_call(original, ("a",), {})  # cached by reference
+    monkeypatch.setattr(textwrap, "dedent", lambda text: "replaced")
+    fn, args, _ = payload.loads_call(payload.dumps_call(original, ("  a",), {}))
+    assert fn is not textwrap.dedent and fn is not original  # a copy, made from its code
+    assert fn(*args) == "a"
+
+
+def test_an_instance_of_a_class_sent_by_value_is_not_sent_by_reference():
+    module = types.ModuleType("zeropool_test_by_value")
+    exec("class Point:\n    def __init__(self, x):\n        self.x = x\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        frames = payload.dumps_call(helpers.identity, ([module.Point(3)],), {})
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)
+        del sys.modules[module.__name__]
+    # Unimportable now: it loads only if the class was sent by value.
+    assert payload.loads_call(frames)[1][0][0].x == 3
+
+
 def test_a_closure_travels_by_value_with_its_state_at_each_call():
     state = {"n": 1}
 
@@ -532,24 +568,30 @@ def test_builtin_values_round_trip(value):
     assert payload.loads_result(status, frames) == (True, value)
 
 
-@pytest.mark.parametrize("kind", [bytes, bytearray])
-def test_a_large_bytes_argument_travels_out_of_band_and_arrives_as_its_type(kind):
-    data = kind(b"z" * payload.OUT_OF_BAND_MIN)
+def test_a_large_bytes_argument_travels_out_of_band_and_arrives_as_bytes():
+    data = b"z" * payload.OUT_OF_BAND_MIN
     frames = payload.dumps_call(helpers.identity, (1, data), {"k": data})
-    assert len(frames) == 3
+    assert len(frames) == 2  # passed twice, sent once
     assert len(frames[0]) < 1000
     _, args, kwargs = payload.loads_call([zmq.Frame(bytes(f)) for f in frames])
-    assert type(args[1]) is kind and args[1] == data
-    assert type(kwargs["k"]) is kind and kwargs["k"] == data
+    assert type(args[1]) is bytes and args[1] == data
+    assert kwargs["k"] is args[1]  # one object, as cloudpickle alone delivers it
 
 
-@pytest.mark.parametrize("kind", [bytes, bytearray])
-def test_a_large_bytes_result_travels_out_of_band_and_arrives_as_its_type(kind):
-    data = kind(b"z" * payload.OUT_OF_BAND_MIN)
+def test_a_large_bytes_result_travels_out_of_band_and_arrives_as_bytes():
+    data = b"z" * payload.OUT_OF_BAND_MIN
     status, frames = payload.dumps_result(data)
     assert len(frames) == 2
     ok, value = payload.loads_result(status, [zmq.Frame(bytes(f)) for f in frames])
-    assert ok and type(value) is kind and value == data
+    assert ok and type(value) is bytes and value == data
+
+
+def test_a_bytearray_is_copied_so_the_caller_may_change_it_at_once():
+    data = bytearray(payload.OUT_OF_BAND_MIN)
+    frames = payload.dumps_call(helpers.identity, (data,), {})
+    data.clear()  # would raise BufferError if the call still exported it
+    assert len(frames) == 1
+    assert payload.loads_call(frames)[1] == (bytearray(payload.OUT_OF_BAND_MIN),)
 
 
 def test_bytes_inside_a_container_or_small_stay_in_the_stream():

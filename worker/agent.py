@@ -54,9 +54,10 @@ PREFETCH_SPAN = 0.002
 PREFETCH_MAX = 32
 # Tasks waiting behind threads that have all been busy this long go back to the broker.
 GIVE_BACK_AFTER = 0.02
-# A task's start is reported once it has run this long (or with its result, if
-# sooner): a report per task would cost a message through the broker to the
-# client, which competes with the result on the way.
+# While tasks handed to the runner have not been reported started or done, the
+# loop wakes at least this often and reports the starts it finds (a quicker
+# task's start goes with its result): a wake and a report per task would cost
+# a message through the broker to the client, competing with the result.
 START_REPORT_AFTER = 0.001
 
 
