@@ -140,7 +140,9 @@ class Session:
         self.address = address
         self._security = security
         self._task_output = task_output
-        self._mid_line: set[tuple[int, int]] = set()  # (task, stream) whose last line is open
+        # (task, stream) -> (the start of a line it is still printing, its worker): held
+        # until the line ends or the task does, so that lines of tasks never mix.
+        self._partial: dict[tuple[int, int], tuple[str, str]] = {}
         host = socketlib.gethostname()[:64]
         self.client_id = f"c-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
         self._host = host
@@ -499,9 +501,8 @@ class Session:
             if task is None:
                 continue  # a duplicate after a reconnect, or already failed
             self._open -= 1
-            if self._mid_line:
-                self._mid_line.discard((task_id, 1))
-                self._mid_line.discard((task_id, 2))
+            if self._partial:
+                self._flush_partial(task_id)
             if status == Status.INIT_FAILED:
                 self._break(task, frames)
                 continue
@@ -521,20 +522,32 @@ class Session:
                 task = pending.pop(task_id, None)
             if task is not None:
                 self._open -= 1
+                if self._partial:
+                    self._flush_partial(task_id)
                 _finish(task, False, WorkerLostError(text) if code == "worker_lost"
                         else BrokerUnreachable(text))
         self._send_unsent()
 
     def _print(self, rows: list) -> None:
-        """Show what remote tasks printed on this process's stdout and stderr."""
-        prefixed = self._task_output == "prefix"
+        """Show what remote tasks printed on this process's stdout and stderr,
+        whole lines at a time (print() writes a line and its newline apart, and
+        they may arrive in two messages, with other tasks' lines between)."""
         runs: list[tuple[int, list[str]]] = []  # consecutive rows of one stream, joined
         for task_id, stream, text, worker in rows:
             if task_id not in self._pending:
                 continue  # a copy from a run whose result already arrived
-            if prefixed:
-                text = self._prefix(task_id, stream, text, f"[{worker}] ")
             stream = 1 if stream == 1 else 2
+            key = (task_id, stream)
+            held = self._partial.pop(key, None)
+            if held is not None:
+                text = held[0] + text
+            end = max(text.rfind("\n"), text.rfind("\r")) + 1
+            if end < len(text):
+                self._partial[key] = (text[end:], worker)
+                text = text[:end]
+            if not text:
+                continue
+            text = self._prefixed(text, worker)
             if runs and runs[-1][0] == stream:
                 runs[-1][1].append(text)
             else:
@@ -542,20 +555,17 @@ class Session:
         for stream, pieces in runs:
             _write_output(stream, "".join(pieces))
 
-    def _prefix(self, task_id: int, stream: int, text: str, prefix: str) -> str:
-        key = (task_id, stream)
-        at_start = key not in self._mid_line
-        pieces = []
-        for line in text.splitlines(keepends=True):
-            if at_start:
-                pieces.append(prefix)
-            pieces.append(line)
-            at_start = line.endswith(("\n", "\r"))
-        if at_start:
-            self._mid_line.discard(key)
-        else:
-            self._mid_line.add(key)
-        return "".join(pieces)
+    def _flush_partial(self, task_id: int) -> None:
+        """A task ended: the line it left open is shown as it is."""
+        for stream in (1, 2):
+            held = self._partial.pop((task_id, stream), None)
+            if held is not None:
+                _write_output(stream, self._prefixed(*held))
+
+    def _prefixed(self, text: str, worker: str) -> str:
+        if self._task_output != "prefix":
+            return text
+        return "".join(f"[{worker}] {line}" for line in text.splitlines(keepends=True))
 
     def _resend_by_value(self, task: TaskFuture, exc: BaseException) -> bool:
         """A worker could not import the module of a call: send it by value, once."""

@@ -120,7 +120,9 @@ def test_task_output_arrives_before_the_result(shared_cluster, capsys):
             assert future.result(timeout=30) == n
             more_out, more_err = capsys.readouterr()  # printed already, as the future completed
             out, err = out + more_out, err + more_err
-            assert f"task {n} line 0\ntask {n} line 1\ntask {n} line 2\ntask {n} joined\n" in out
+            # In order per task, whole lines; tasks on other workers print meanwhile.
+            assert [line for line in out.splitlines() if line.startswith(f"task {n} ")] == [
+                f"task {n} line 0", f"task {n} line 1", f"task {n} line 2", f"task {n} joined"]
             assert f"task {n} warning\n" in err
 
 
@@ -167,6 +169,26 @@ def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
     monkeypatch.setattr("sys.stdout", replaced)
     _write_output(1, "line\n")
     assert replaced.getvalue() == "line\n"
+
+
+@pytest.mark.parametrize("mode", ["plain", "prefix"])
+def test_lines_of_tasks_printing_at_once_never_mix(monkeypatch, mode):
+    # print() writes a line and its newline apart: they can arrive in two
+    # messages, with another task's output between them.
+    from client.session import Session
+    session = Session.__new__(Session)  # only the output path, no connection
+    session._pending, session._partial, session._task_output = {1: None, 2: None}, {}, mode
+    out = io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    session._print([[1, 1, "one a", "w1"]])
+    session._print([[2, 1, "two a\n", "w2"], [1, 1, "\none b\n", "w1"]])
+    session._print([[1, 1, "one c", "w1"]])
+    assert out.getvalue().replace("[w1] ", "").replace("[w2] ", "") == "two a\none a\none b\n"
+    session._flush_partial(1)  # the task ended with its last line open
+    expected = "two a\none a\none b\none c"
+    if mode == "prefix":
+        expected = "[w2] two a\n[w1] one a\n[w1] one b\n[w1] one c"
+    assert out.getvalue() == expected
 
 
 def test_task_output_can_be_switched_off(shared_cluster, capsys):
