@@ -71,18 +71,19 @@ def measure(latency_calls: int, size: int, repeat: int) -> dict:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p))
 
-    def start(*argv: str) -> subprocess.Popen:
+    def launch(*argv: str) -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-m", "bench.relay", *argv], cwd=root, env=env,
                                 stdout=subprocess.PIPE, text=True)
 
-    middle = start("middle")
-    front, back = middle.stdout.readline().split()
-    end = start("end", back)
+    processes: list[subprocess.Popen] = []
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVTIMEO, _TIMEOUT_MS)
-    sock.connect(front)
     try:
+        processes.append(launch("middle"))
+        front, back = processes[0].stdout.readline().split()
+        processes.append(launch("end", back))
+        sock.connect(front)
         samples = []
         for _ in range(latency_calls // 10):  # warm up
             sock.send(b"x")
@@ -114,7 +115,7 @@ def measure(latency_calls: int, size: int, repeat: int) -> dict:
     finally:
         sock.close(linger=0)
         context.term()
-        for process in (middle, end):
+        for process in processes:
             try:
                 process.wait(5)
             except subprocess.TimeoutExpired:

@@ -195,7 +195,7 @@ class Session:
         frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
         self._check_size(frames)
         task_id = next(self._task_ids)
-        future = TaskFuture(self, task_id, frames[0] if len(frames) == 1 else frames)
+        future = TaskFuture(self, task_id, _stored(frames))
         with self._lock:
             self._pending[task_id] = future
         self._outbox.append(task_id)
@@ -581,7 +581,7 @@ class Session:
             return False
         task_id = next(self._task_ids)
         task.task_id = task_id
-        task.frames = frames[0] if len(frames) == 1 else frames
+        task.frames = _stored(frames)
         task.sent, task.resent_by_value = False, True
         with self._lock:
             self._pending[task_id] = task
@@ -636,6 +636,13 @@ def _start(future: Future) -> bool:
     if future.done():
         return False
     return future.set_running_or_notify_cancel()
+
+
+def _stored(frames: list) -> Any:
+    """A call's frames as a task keeps them: one bytes object alone, without a
+    list around it (one object less per task in flight; pack_payload takes
+    either)."""
+    return frames[0] if len(frames) == 1 else frames
 
 
 def _write_output(stream: int, text: str) -> None:

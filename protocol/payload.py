@@ -51,9 +51,8 @@ _OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
 _ATOMS = frozenset({type(None), bool, int, float, str})
 
 # Function -> (its by-reference pickle, the module it was found in, the names
-# leading to it there), or None
-# where cloudpickle sends it by value. Weak, so that a lambda made per call does
-# not pile up here.
+# leading to it there), or None where cloudpickle sends it by value. Weak, so
+# that a lambda made per call does not pile up here.
 _function_pickles: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _generation = 0  # bumped when the pickles above are forgotten
 # Which modules cloudpickle sends by value changes what a function pickles to.
@@ -97,9 +96,7 @@ def dumps(obj: Any) -> list:
         return [pickle.dumps(obj, protocol=5)]
     obj = _apart(obj)
     if type(obj) in _PLAIN:
-        frames = _plain_dumps(obj)
-        if frames is not None:
-            return frames
+        return _plain_or_cloudpickle(obj)
     return _dumps(obj, cloudpickle.dumps)
 
 
@@ -172,12 +169,12 @@ class _PlainPickler(pickle.Pickler):
         raise _NotPlain
 
 
-def _plain_dumps(obj: Any) -> list | None:
-    """``obj`` by the C pickler if it holds only builtin values, else None."""
+def _plain_or_cloudpickle(obj: Any) -> list:
+    """``obj`` by the C pickler if it holds only builtin values, else by cloudpickle."""
     try:
         return _dumps(obj, _plain_pickle)
     except Exception:  # cloudpickle may manage it, or raises the error to report
-        return None
+        return _dumps(obj, cloudpickle.dumps)
 
 
 def _plain_pickle(obj: Any, protocol: int, buffer_callback: Callable) -> bytes:
@@ -218,14 +215,11 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     """Frames for one call; raises what pickling raises (nothing is sent then)."""
     args, kwargs = _args_apart(args, kwargs)
     reference = _function_pickle(fn)
-    if reference is not None:
-        if not kwargs and all(type(arg) in _ATOMS for arg in args):
-            return [pickle.dumps((reference, args, kwargs), protocol=5)]
-        frames = _plain_dumps((reference, args, kwargs))
-        if frames is not None:
-            return frames
-        return _dumps((reference, args, kwargs), cloudpickle.dumps)
-    return _dumps((fn, args, kwargs), cloudpickle.dumps)
+    if reference is None:
+        return _dumps((fn, args, kwargs), cloudpickle.dumps)
+    if not kwargs and all(type(arg) in _ATOMS for arg in args):
+        return [pickle.dumps((reference, args, kwargs), protocol=5)]
+    return _plain_or_cloudpickle((reference, args, kwargs))
 
 
 def _function_pickle(fn: Any) -> bytes | None:
