@@ -10,20 +10,25 @@ cost nothing, so the bench prints zeropool beside it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import zmq
 
+from client.cluster import local_address
+
 _TIMEOUT_MS = 60_000  # a stuck relay fails the bench instead of hanging it
 
 
-def _middle() -> None:
+def _middle(directory: str) -> None:
     context = zmq.Context()
     front, back = context.socket(zmq.ROUTER), context.socket(zmq.ROUTER)
-    front.bind("tcp://127.0.0.1:*")
-    back.bind("tcp://127.0.0.1:*")
+    # The transport the embedded cluster uses.
+    front.bind(local_address(directory, "front"))
+    back.bind(local_address(directory, "back"))
     print(front.getsockopt_string(zmq.LAST_ENDPOINT), back.getsockopt_string(zmq.LAST_ENDPOINT),
           flush=True)
     end_id, _ = back.recv_multipart()  # the end says hello first
@@ -76,11 +81,12 @@ def measure(latency_calls: int, size: int, repeat: int) -> dict:
                                 stdout=subprocess.PIPE, text=True)
 
     processes: list[subprocess.Popen] = []
+    directory = tempfile.mkdtemp(prefix="zeropool-relay-")
     context = zmq.Context()
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.RCVTIMEO, _TIMEOUT_MS)
     try:
-        processes.append(launch("middle"))
+        processes.append(launch("middle", directory))
         front, back = processes[0].stdout.readline().split()
         processes.append(launch("end", back))
         sock.connect(front)
@@ -122,10 +128,11 @@ def measure(latency_calls: int, size: int, repeat: int) -> dict:
                 process.kill()
                 process.wait()
             process.stdout.close()
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "middle":
-        _middle()
+        _middle(sys.argv[2])
     else:
         _end(sys.argv[2])

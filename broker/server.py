@@ -39,6 +39,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.security import key_id
+from protocol.sockets import readable, recv_frames, send_frames
 
 log = logging.getLogger("zeropool.broker")
 
@@ -202,11 +203,10 @@ class Broker:
 
     def _read_all(self) -> None:
         for _ in range(MAX_READS_PER_PASS):
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not readable(self.socket):
                 return
-            peer_id = frames[0].bytes
+            frames = recv_frames(self.socket)  # the header stays a Frame: it holds the key
+            peer_id = frames[0]
             if len(frames) < 2:
                 self._complain(peer_id, "bad_message", "an empty message")
                 continue
@@ -501,7 +501,7 @@ class Broker:
 
     def _send(self, peer_id: bytes, message, payload: list = ()) -> None:
         try:
-            self.socket.send_multipart([peer_id, *encode(message, payload)], copy=False)
+            send_frames(self.socket, [peer_id, *encode(message, payload)])
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise

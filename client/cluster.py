@@ -30,8 +30,18 @@ def _command(name: str) -> list[str]:
     return [found] if found else [sys.executable, "-m", name]
 
 
+def local_address(directory: str, name: str = "broker") -> str:
+    """A Unix socket in ``directory`` where there are such (a quarter less
+    round-trip time than TCP on loopback, and more bandwidth), else a free
+    loopback port."""
+    path = os.path.join(directory, name)
+    if os.name == "posix" and len(path.encode()) < 100:  # sun_path holds 104-108 bytes
+        return f"ipc://{path}"
+    return "tcp://127.0.0.1:*"
+
+
 class LocalCluster:
-    """A broker on a free loopback port and one supervisor of ``workers`` processes."""
+    """A broker on a local socket and one supervisor of ``workers`` processes."""
 
     def __init__(self, workers: int, threads: int = 1, log_level: str = "WARNING") -> None:
         self._watch_read, self._watch_write = os.pipe()
@@ -46,7 +56,7 @@ class LocalCluster:
         try:
             ready_read, ready_write = os.pipe()
             try:
-                self._start([*_command("broker"), "--bind", "tcp://127.0.0.1:*",
+                self._start([*_command("broker"), "--bind", local_address(self._cwd),
                              "--ready-fd", str(ready_write), "--log-level", log_level],
                             extra_fds=(ready_write,))
             finally:

@@ -41,6 +41,7 @@ from protocol import (
 from protocol import defaults
 from protocol.payload import dumps_call, loads_call, loads_result, send_module_by_value
 from protocol.security import HandshakeWatch, Security, close_watched
+from protocol.sockets import SocketTurn, readable, recv_frames, send_frames
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -163,6 +164,9 @@ class Session:
         self._cancels: dict[int, _CancelRequest] = {}
         self._open = 0  # tasks sent and not finished, for max_in_flight
         self._waker = Waker()
+        # The I/O thread's, except while it sleeps: then a submit with nothing
+        # else in flight sends its task itself, saving a thread hand-off.
+        self._turn = SocketTurn(self._waker)
         self._welcomed = threading.Event()  # the first WELCOME, for the constructor
         self._connected = False  # WELCOMEd on the current socket
         self._refused: str | None = None
@@ -197,10 +201,34 @@ class Session:
         task_id = next(self._task_ids)
         future = TaskFuture(self, task_id, _stored(frames))
         with self._lock:
+            alone = not self._pending
             self._pending[task_id] = future
+        # Not from the I/O thread (a done-callback), which holds the turn.
+        if alone and threading.get_ident() != self._thread.ident and self._turn.try_take():
+            try:
+                sent = self._send_alone(future)
+            finally:
+                self._turn.give_back(self._socket)
+            if sent:
+                return future
         self._outbox.append(task_id)
         self._waker.wake()
         return future
+
+    def _send_alone(self, task: TaskFuture) -> bool:
+        """Send a task from the caller's thread, which holds the turn; False
+        leaves it to the I/O thread (not connected, or others queued first)."""
+        if (self._socket is None or not self._connected or self._closing or self._outbox
+                or self._unsent):
+            return False
+        nframes, inline, frames = pack_payload(task.frames)
+        try:
+            self._send(Submit([[task.task_id, nframes, inline]]), frames)
+        except zmq.ZMQError:
+            return False
+        task.sent = True
+        self._open += 1
+        return True
 
     def _check_size(self, frames: list) -> None:
         if len(frames) == 1 and len(frames[0]) <= self._max_message_size:
@@ -249,6 +277,14 @@ class Session:
 
     def _run(self) -> None:
         try:
+            with self._turn:  # this thread's, except while it sleeps in poll
+                self._run_session()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def _run_session(self) -> None:
+        try:
             self._serve()
             if self._refused is not None:
                 self.broken = BrokerUnreachable(
@@ -268,20 +304,22 @@ class Session:
             self._close_socket()
             self._context.destroy(linger=0)  # also closes a socket left half-made
             _live_sessions.discard(self)
-            if self._on_close is not None:
-                self._on_close()
 
     def _serve(self) -> None:
         self._connect()
         poller = zmq.Poller()
         poller.register(self._waker.fd, zmq.POLLIN)
         lost_since: float | None = None
+        polled = None
         while True:
-            poller.register(self._socket, zmq.POLLIN)
-            poller.register(self._handshake.monitor, zmq.POLLIN)
+            if polled is not self._socket:  # a new connection
+                poller.register(self._socket.getsockopt(zmq.FD), zmq.POLLIN)
+                poller.register(self._handshake.monitor, zmq.POLLIN)
+                polled = self._socket
             deadline = min(self._last_send + self._heartbeat_interval,
                            self._broker_seen + self._heartbeat_interval * self._liveness)
-            events = dict(poller.poll(max(0.0, deadline - time.monotonic()) * 1000))
+            events = self._turn.poll(poller, self._socket,
+                                     max(0.0, deadline - time.monotonic()) * 1000)
             if self._handshake.monitor in events:
                 failure = self._handshake.failure()
                 if failure is not None:
@@ -290,11 +328,11 @@ class Session:
                     self._refused = failure
                     log.error("cannot connect to the broker at %s: %s", self.address, failure)
                     return
-            if self._socket in events:
+            if readable(self._socket):
                 self._read_all()
                 if self._refused is not None:
                     return
-            self._waker.clear()
+            self._waker.clear(self._waker.fd in events)
             self._drain_outbox()
             if self._closing and not self._pending and not self._outbox:
                 if self._connected:
@@ -316,7 +354,7 @@ class Session:
                         f"{now - lost_since:.0f}s and the executor is shutting down; this "
                         "task did not complete"))
                     return
-                poller.unregister(self._socket)
+                poller.unregister(self._socket.getsockopt(zmq.FD))
                 poller.unregister(self._handshake.monitor)
                 self._reconnect()
             else:
@@ -366,11 +404,8 @@ class Session:
         self._socket = self._handshake = None
 
     def _read_all(self) -> None:
-        while True:
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
+        while readable(self._socket):
+            frames = recv_frames(self._socket)
             self._broker_seen = time.monotonic()
             try:
                 message, payload = decode(frames)
@@ -625,7 +660,7 @@ class Session:
             _finish(task, False, exc)
 
     def _send(self, message: Any, payload: list = ()) -> None:
-        self._socket.send_multipart(encode(message, payload), copy=False)
+        send_frames(self._socket, encode(message, payload))
         self._last_send = time.monotonic()
 
 

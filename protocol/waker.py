@@ -36,16 +36,21 @@ class Waker:
             except BlockingIOError:
                 pass  # full: it is raised already
 
-    def clear(self) -> None:
+    def clear(self, signalled: bool = True) -> None:
         """Called by the owner before it drains its queue, so no wake is missed.
+        ``signalled=False`` (its poll did not report the pipe) skips the reads
+        when no wake is raised: pipe reads cost several µs each here.
 
         The pipe is emptied before the flag drops: a wake() in between then
         finds the flag still up and its item is drained with the queue; the
         other order could leave the flag up over an empty pipe for good.
         """
+        if not signalled and not self._raised:
+            return
         try:
             while os.read(self.fd, 4096):
                 pass
         except BlockingIOError:
             pass
         self._raised = False
+

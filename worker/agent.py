@@ -39,6 +39,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.security import HandshakeWatch, Security, close_watched
+from protocol.sockets import NOBLOCK, SocketTurn, readable, recv_frames, send_frames
 from protocol.waker import Waker
 from worker.runner import Runner
 
@@ -94,7 +95,10 @@ class Agent:
         self._socket: zmq.Socket | None = None
         self._handshake: HandshakeWatch | None = None
         self._waker = Waker()
-        self._runner = Runner(threads, self._waker.wake)
+        # The loop's, except while it sleeps: then a thread that finished the
+        # last task here sends its result itself, saving a thread hand-off.
+        self._turn = SocketTurn(self._waker)
+        self._runner = Runner(threads, self._waker.wake, self._task_finished)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
         self._outstanding = 0  # credit the broker has not used yet
@@ -127,14 +131,17 @@ class Agent:
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.set_wakeup_fd(wake_write) if on_main else None
         try:
-            return self._serve(wake_read)
+            with self._turn:  # released only in poll
+                try:
+                    return self._serve(wake_read)
+                finally:
+                    self._runner.stop()
+                    self._close_socket()
         finally:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
             os.close(wake_read)
             os.close(wake_write)
-            self._runner.stop()
-            self._close_socket()
             self._context.destroy(linger=0)  # also closes a socket left half-made
 
     def _serve(self, wake_read: int) -> Exit:
@@ -144,8 +151,8 @@ class Agent:
         while True:
             if polled is not self._socket:  # a new connection: a new poller
                 poller, polled = zmq.Poller(), self._socket
-                for item in (self._socket, self._waker.fd, wake_read, self._handshake.monitor,
-                             *self.watch_fds):
+                for item in (self._socket.getsockopt(zmq.FD), self._waker.fd, wake_read,
+                             self._handshake.monitor, *self.watch_fds):
                     poller.register(item, zmq.POLLIN)
             next_chore = min(self._last_send + self.heartbeat_interval,
                              self._broker_seen + self.heartbeat_interval * self.liveness)
@@ -154,7 +161,7 @@ class Agent:
                 timeout = min(timeout, START_REPORT_AFTER)
             if self._runner.waiting:
                 timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
-            events = dict(poller.poll(timeout * 1000))
+            events = self._turn.poll(poller, self._socket, timeout * 1000)
             if any(fd in events for fd in self.watch_fds):
                 log.info("parent process has exited; stopping")
                 return Exit.PARENT_GONE
@@ -171,11 +178,11 @@ class Agent:
                     # directory), so keep trying, at the reconnect back-off.
                     log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
                     self._broker_seen = 0.0
-            if self._socket in events:
+            if readable(self._socket):
                 outcome = self._read_all()
                 if outcome is not None:
                     return outcome
-            self._send_results()
+            self._send_results(self._waker.fd in events)
             if self._runner.waiting:
                 self._give_back_waiting()
             if self._draining and not announced_drain:
@@ -241,10 +248,9 @@ class Agent:
 
     def _read_all(self) -> Exit | None:
         while True:
-            try:
-                frames = self._socket.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+            if not readable(self._socket):
                 return None
+            frames = recv_frames(self._socket)
             self._broker_seen = time.monotonic()
             try:
                 message, payload = decode(frames)
@@ -340,8 +346,25 @@ class Agent:
                       len(self._runner.waiting))
             self._give_back(0, list(self._runner.waiting))
 
-    def _send_results(self) -> None:
-        self._waker.clear()
+    def _task_finished(self) -> None:
+        """From a runner thread, after a result: with nothing queued behind it,
+        send it now if the loop is asleep; else let the loop batch it."""
+        if not self._runner.waiting and self._turn.try_take():
+            try:
+                if self._socket is not None:
+                    self._send_results(False)
+                    return
+            except Exception:
+                # Sent nothing, or half a message: start over on a new connection
+                # (the broker then runs again what was sent here).
+                log.exception("sending a result failed; reconnecting")
+                self._broker_seen = 0.0
+            finally:
+                self._turn.give_back(self._socket)
+        self._waker.wake()
+
+    def _send_results(self, woken: bool) -> None:
+        self._waker.clear(woken)
         events = self._runner.events
         while events:
             started, results, payload, printed = {}, [], [], []
@@ -380,7 +403,7 @@ class Agent:
 
     def _send(self, message, payload: list = ()) -> None:
         try:
-            self._socket.send_multipart(encode(message, payload), zmq.NOBLOCK, copy=False)
+            send_frames(self._socket, encode(message, payload), NOBLOCK)
         except zmq.Again:
             # No high-water mark, so only a connection ZeroMQ gave up on (a
             # refused handshake) lands here: start over on a new one. The broker

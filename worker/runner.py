@@ -25,14 +25,17 @@ class Runner:
 
     Each thread reports ``("started", key)``, ``("output", key, stream,
     text)`` for what the task prints, and ``("done", key, status, frames,
-    seconds)`` on ``events``, and calls ``notify`` after the last two so the
-    I/O loop wakes.
+    seconds)`` on ``events``, and calls ``notify`` after output and
+    ``finished`` (from the thread that ran the task) after a result, so the
+    I/O loop wakes or the result is sent at once.
     Tasks not yet started can be withdrawn (``withdraw``).
     """
 
-    def __init__(self, threads: int, notify: Callable[[], None]) -> None:
+    def __init__(self, threads: int, notify: Callable[[], None],
+                 finished: Callable[[], None] | None = None) -> None:
         self.events: collections.deque = collections.deque()
         self._notify = notify
+        self._finished = finished or notify
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         # The broker's limit (from its WELCOME): a larger result becomes an error.
         self.max_message_size = 1 << 30
@@ -90,7 +93,7 @@ class Runner:
             with self._start_lock:
                 del self.running[key]
             self.events.append(("done", key, status, out, time.monotonic() - start))
-            self._notify()
+            self._finished()
 
     def started_times(self) -> list[float]:
         with self._start_lock:
