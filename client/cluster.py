@@ -15,6 +15,8 @@ import subprocess
 import sys
 import tempfile
 
+import zmq
+
 log = logging.getLogger("zeropool.client")
 
 # How long processes get to exit after the watch pipe closes before SIGKILL.
@@ -31,11 +33,13 @@ def _command(name: str) -> list[str]:
 
 
 def local_address(directory: str, name: str = "broker") -> str:
-    """A Unix socket in ``directory`` where there are such (a quarter less
-    round-trip time than TCP on loopback, and more bandwidth), else a free
-    loopback port."""
+    """A Unix socket in ``directory`` on Linux (less round-trip time than TCP
+    on loopback, and more bandwidth), else a free loopback port. Not on macOS:
+    its periodic clean-up of the temporary directory may delete the socket
+    file of a long-lived executor, and then workers could not reconnect."""
     path = os.path.join(directory, name)
-    if os.name == "posix" and len(path.encode()) < 100:  # sun_path holds 104-108 bytes
+    if (sys.platform.startswith("linux") and zmq.has("ipc")
+            and len(path.encode()) < 100):  # sun_path holds 108 bytes
         return f"ipc://{path}"
     return "tcp://127.0.0.1:*"
 

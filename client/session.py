@@ -41,7 +41,7 @@ from protocol import (
 from protocol import defaults
 from protocol.payload import dumps_call, loads_call, loads_result, send_module_by_value
 from protocol.security import HandshakeWatch, Security, close_watched
-from protocol.sockets import SocketTurn, readable, recv_frames, send_frames
+from protocol.sockets import NOBLOCK, SocketTurn, readable, recv_frames, send_frames
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -203,32 +203,46 @@ class Session:
         with self._lock:
             alone = not self._pending
             self._pending[task_id] = future
-        # Not from the I/O thread (a done-callback), which holds the turn.
-        if alone and threading.get_ident() != self._thread.ident and self._turn.try_take():
-            try:
-                sent = self._send_alone(future)
-            finally:
-                self._turn.give_back(self._socket)
-            if sent:
-                return future
-        self._outbox.append(task_id)
-        self._waker.wake()
+        sent = False
+        try:
+            # Not from the I/O thread (a done-callback), which holds the turn.
+            if alone and threading.get_ident() != self._thread.ident and self._turn.try_take():
+                try:
+                    sent = self._send_alone(future)
+                finally:
+                    self._turn.give_back(self._socket)
+        finally:
+            if not sent:  # also if interrupted (Ctrl-C): the I/O thread sends it
+                self._outbox.append(task_id)
+                self._waker.wake()
         return future
 
     def _send_alone(self, task: TaskFuture) -> bool:
         """Send a task from the caller's thread, which holds the turn; False
-        leaves it to the I/O thread (not connected, or others queued first)."""
-        if (self._socket is None or not self._connected or self._closing or self._outbox
-                or self._unsent):
+        leaves it to the I/O thread (not connected, others queued first, or
+        already failed or cancelled)."""
+        if (self._socket is None or not self._connected or self._closing
+                or self.broken is not None or self._outbox or self._unsent):
             return False
-        nframes, inline, frames = pack_payload(task.frames)
-        try:
-            self._send(Submit([[task.task_id, nframes, inline]]), frames)
-        except zmq.ZMQError:
-            return False
-        task.sent = True
+        with self._lock:
+            if self._pending.get(task.task_id) is not task or task.sent:
+                return False
+            task.sent = True
         self._open += 1
-        return True
+        nframes, inline, frames = pack_payload(task.frames)
+        sent = False
+        try:
+            sent = self._send(Submit([[task.task_id, nframes, inline]]), frames)
+        except BaseException:
+            # Perhaps half a message went: start over on a new connection,
+            # which resubmits what is pending (the broker drops duplicates).
+            self._broker_seen = 0.0
+            raise
+        finally:
+            if not sent:
+                task.sent = False
+                self._open -= 1
+        return sent
 
     def _check_size(self, frames: list) -> None:
         if len(frames) == 1 and len(frames[0]) <= self._max_message_size:
@@ -659,9 +673,18 @@ class Session:
         for task in tasks:
             _finish(task, False, exc)
 
-    def _send(self, message: Any, payload: list = ()) -> None:
-        send_frames(self._socket, encode(message, payload))
+    def _send(self, message: Any, payload: list = ()) -> bool:
+        try:
+            send_frames(self._socket, encode(message, payload), NOBLOCK)
+        except zmq.Again:
+            # No high-water mark, so only a connection ZeroMQ gave up on (a
+            # refused handshake) lands here; blocking would hang this thread
+            # and a submitting caller. Start over on a new connection, which
+            # resubmits whatever is pending.
+            self._broker_seen = 0.0
+            return False
         self._last_send = time.monotonic()
+        return True
 
 
 def _start(future: Future) -> bool:

@@ -119,3 +119,32 @@ def test_replies_reach_the_owner_while_other_threads_send(pair):
     waker.wake()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_submit_interrupted_mid_send_still_runs_its_task(shared_cluster, monkeypatch):
+    """Ctrl-C while a caller sends its lone task itself, after half the
+    message went: the task is neither lost nor sent twice, and the executor
+    goes on (the connection with the half message is replaced)."""
+    from client import Executor
+    from client import session as session_module
+    from tests.helpers import square
+
+    real = session_module.send_frames
+    interrupts = []
+
+    def interrupted(sock, frames, flags=0):
+        if threading.current_thread() is threading.main_thread() and not interrupts:
+            interrupts.append(len(frames))
+            sock.send(frames[0], zmq.SNDMORE | flags)  # the header, then nothing
+            raise KeyboardInterrupt
+        return real(sock, frames, flags)
+
+    with Executor(shared_cluster) as ex:
+        assert ex.submit(square, 2).result(timeout=30) == 4  # connected; nothing in flight
+        monkeypatch.setattr(session_module, "send_frames", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            ex.submit(square, 3)
+        assert interrupts  # it was sent from this thread, and interrupted
+        (lost,) = ex._session.pending_futures()
+        assert lost.result(timeout=30) == 9
+        assert ex.submit(square, 4).result(timeout=30) == 16

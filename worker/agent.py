@@ -353,6 +353,8 @@ class Agent:
             try:
                 if self._socket is not None:
                     self._send_results(False)
+                    if self._draining or not self._broker_seen:
+                        self._waker.wake()  # the loop may leave, or must reconnect
                     return
             except Exception:
                 # Sent nothing, or half a message: start over on a new connection

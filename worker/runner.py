@@ -93,7 +93,11 @@ class Runner:
             with self._start_lock:
                 del self.running[key]
             self.events.append(("done", key, status, out, time.monotonic() - start))
-            self._finished()
+            try:
+                self._finished()
+            except Exception:  # this thread must live on: the loop sends it instead
+                log.exception("sending a result from its thread failed")
+                self._notify()
 
     def started_times(self) -> list[float]:
         with self._start_lock:
