@@ -143,6 +143,13 @@ def bandwidth(ex: cf.Executor, payload, measure: Callable, make: Callable,
     return up, down
 
 
+def medians(repeats: int, run: Callable[[], tuple]) -> tuple:
+    """Each value's median over ``repeats`` runs: one run of a 0.1 s workload
+    swings with whatever else this shared machine is doing."""
+    runs = [run() for _ in range(repeats)]
+    return tuple(statistics.median(values) for values in zip(*runs))
+
+
 def startup(factory: Callable[[], cf.Executor]) -> float:
     start = time.perf_counter()
     ex = factory()
@@ -164,18 +171,20 @@ def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> di
             map_throughput(ex, sizes["map_unchunked"], 1) for _ in range(repeats))
         result["map_chunk1000_items_per_s"] = statistics.median(
             map_throughput(ex, sizes["map"], 1000) for _ in range(repeats))
-        result["p50_us"], result["p99_us"] = latency(ex, sizes["latency"])
+        result["p50_us"], result["p99_us"] = medians(
+            repeats, lambda: latency(ex, sizes["latency"]))
         result["cpu_efficiency"] = cpu_efficiency(ex, sizes["cpu_tasks"], sizes["cpu_n"])
         size, repeat = sizes["payload"], sizes["payload_repeat"]
-        result["payload_up_GBps"], result["payload_down_GBps"] = bandwidth(
-            ex, b"x" * size, tasks.size_of, tasks.make_bytes, size, repeat)
+        result["payload_up_GBps"], result["payload_down_GBps"] = medians(repeats, lambda: bandwidth(
+            ex, b"x" * size, tasks.size_of, tasks.make_bytes, size, repeat))
         try:
             import numpy
         except ImportError:
             pass
         else:
-            result["array_up_GBps"], result["array_down_GBps"] = bandwidth(
-                ex, numpy.ones(size // 8), tasks.nbytes, tasks.make_array, size, repeat)
+            array = numpy.ones(size // 8)
+            result["array_up_GBps"], result["array_down_GBps"] = medians(repeats, lambda: bandwidth(
+                ex, array, tasks.nbytes, tasks.make_array, size, repeat))
     finally:
         ex.shutdown()
     return result
@@ -380,8 +389,9 @@ def main(argv: list[str] | None = None) -> int:
             results[name].update(measure_queued(name, sizes))
     if not args.only or RELAY in args.only:
         print(f"measuring {RELAY} ...", file=sys.stderr, flush=True)
-        results[RELAY] = relay.measure(sizes["latency"], sizes["payload"],
-                                       sizes["payload_repeat"])
+        runs = [relay.measure(sizes["latency"], sizes["payload"], sizes["payload_repeat"])
+                for _ in range(repeats)]
+        results[RELAY] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
     targets = verdicts(results)
     table = markdown(results, sizes, targets)
     print(table)
@@ -394,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         f.write(f"Measured {about['date']} on {about['platform']} ({about['cpu']}), "
                 f"{about['cpus']} CPUs, load average {about['load_average'][0]:.2f} at the "
                 f"start; Python {about['python']}, {versions}; {WORKERS} workers × 1 thread. "
-                "↑: higher is better, ↓: lower. Dispatch per task: wall time to run "
+                "↑: higher is better, ↓: lower. Each throughput, round-trip and bandwidth "
+                f"figure is the median of {repeats} runs. Dispatch per task: wall time to run "
                 f"{sizes['slice']:,} no-op calls from the head of a queue that stays at least "
                 "N long (all queued behind blockers first); broker CPU per task: the "
                 "broker's own CPU time over the same calls. The queued workloads run for "
