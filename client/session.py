@@ -7,7 +7,8 @@
 One thread owns the DEALER socket. Callers pickle their call themselves (so a
 pickling error raises from ``submit``), record it in the task table and wake
 the I/O thread, which sends everything queued since its last pass as one
-SUBMIT. Each task's serialized call stays in the table until its result
+SUBMIT; only a task submitted with nothing else in flight is sent by its
+caller, while the I/O thread sleeps (protocol.sockets.SocketTurn). Each task's serialized call stays in the table until its result
 arrives, so a reconnect can resubmit it (the broker drops ids it already has).
 
 The broker decides cancellation: ``cancel()`` asks it and returns True only if

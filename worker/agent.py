@@ -1,4 +1,4 @@
-"""A worker's I/O loop: the only user of its socket.
+"""A worker's I/O loop, the owner of its socket.
 
     broker --DISPATCH--> DEALER --(key, frames)--> Runner threads
            <--RESULTS--  (this loop)  <--events + Waker--   run the calls
@@ -6,7 +6,9 @@
 The loop polls the socket, the runner's waker and a signal pipe. Each pass
 reads every waiting message, then sends one RESULTS with everything the
 threads finished (and started) since the last pass, with credit for the
-tasks it can take next. A task that runs for minutes never stalls this
+tasks it can take next. Only a thread that finishes a task with nothing
+queued behind it sends its result itself, while the loop sleeps
+(protocol.sockets.SocketTurn). A task that runs for minutes never stalls this
 loop, so heartbeats and other results keep flowing.
 
 Prefetch: while tasks are short (a few milliseconds), a broker round trip
