@@ -566,8 +566,14 @@ class Broker:
 
     def _send_heartbeats(self) -> None:
         heartbeat = Heartbeat(len(self.state.workers))
-        for peer_id in [*self.state.workers, *self.state.clients]:
-            self._send(peer_id, heartbeat)
+        for worker in list(self.state.workers.values()):
+            if worker.forget:
+                self._send(worker.worker_id, Heartbeat(heartbeat.workers, worker.forget))
+                worker.forget = []
+            else:
+                self._send(worker.worker_id, heartbeat)
+        for client_id in list(self.state.clients):
+            self._send(client_id, heartbeat)
 
     def _expire(self, now: float) -> None:
         expired = self.state.expire(now)

@@ -48,6 +48,7 @@ class Worker:
     threads: int = 0
     in_flight: dict = field(default_factory=dict)  # TaskKey -> Task
     inits_sent: set = field(default_factory=set)  # client ids whose initializer it has
+    forget: list = field(default_factory=list)  # of those, clients gone: to tell it
     done: int = 0
     failed: int = 0  # of those done, how many raised
     draining: bool = False
@@ -166,7 +167,9 @@ class BrokerState:
         for key in [k for k in self.in_flight if k[0] == client_id]:
             self.workers[self.in_flight.pop(key)].in_flight.pop(key)
         for worker in self.workers.values():
-            worker.inits_sent.discard(client_id)
+            if client_id in worker.inits_sent:
+                worker.inits_sent.discard(client_id)
+                worker.forget.append(client_id)
         return client.queued
 
     def expire(self, now: float) -> Expired:

@@ -421,18 +421,27 @@ class Heartbeat(Message):
     """Sent when a peer has had nothing else to say for a heartbeat interval.
 
     From the broker it says how many workers are attached, so that a client
-    shutting down can tell "no worker left" from "workers busy".
+    shutting down can tell "no worker left" from "workers busy"; to a worker
+    it also names the clients gone since the last one (``forget``) whose
+    initializers that worker holds, so that it can drop them.
     """
 
     op: ClassVar[Op] = Op.HEARTBEAT
     workers: int = 0
+    forget: list = field(default_factory=list)
 
     def header(self) -> dict:
-        return {"op": self.op.value, "workers": self.workers}
+        header = {"op": self.op.value, "workers": self.workers}
+        if self.forget:
+            header["forget"] = self.forget
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> Heartbeat:
-        return cls(_uint(header, "workers", 1 << 32))
+        forget = _get(header, "forget", list) if "forget" in header else []
+        for client_id in forget:
+            _check_peer_id(client_id)
+        return cls(_uint(header, "workers", 1 << 32), forget)
 
 
 @dataclass(frozen=True, slots=True)

@@ -315,3 +315,49 @@ def test_result_that_cannot_be_unpickled_at_the_client_is_a_clear_error(shared_c
             ex.submit(helpers.make_unloadable).result(timeout=30)
         assert isinstance(info.value.__cause__, LookupError)
         assert ex.submit(helpers.square, 4).result(timeout=30) == 16
+
+
+@pytest.mark.timeout(120)
+def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_path):
+    """A worker serving client after client keeps no initializer of one that
+    has gone; of one killed while its task runs there, once that task ends."""
+    _, address = programs.broker(*FAST)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        programs.worker(address, "--log-level", "DEBUG", stderr=log)
+
+    def logged(text):
+        return text in log_path.read_text()
+
+    with client.Executor(address, initializer=len, initargs=("x",)) as ex:
+        assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+        left = ex._session.client_id.decode()
+    wait_until(lambda: logged(f"dropped the initializer of client {left}"), 30,
+               what="the initializer of a client that left to be dropped")
+
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(f"""
+        import client, time
+        from tests import helpers
+        ex = client.Executor({address!r}, initializer=len, initargs=('x',))
+        print(ex._session.client_id.decode(), flush=True)
+        ex.submit(helpers.touch_then_wait, {str(started)!r}, {str(gate)!r})
+        time.sleep(600)
+    """)
+    doomed = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                              text=True, env=dict(os.environ, PYTHONPATH=root))
+    killed = doomed.stdout.readline().strip()
+    wait_until(started.exists, 30, what="the task to start")
+    doomed.kill()
+    doomed.wait()
+    doomed.stdout.close()
+    wait_until(lambda: logged(f"client {killed} has gone; its initializer goes when"), 30,
+               what="the worker to hear that the killed client has gone")
+    assert not logged(f"dropped the initializer of client {killed}")  # its task still runs
+    gate.touch()
+    wait_until(lambda: logged(f"dropped the initializer of client {killed}"), 30,
+               what="the initializer to be dropped once the task ended")
+    # The worker serves on, initializers and all.
+    with client.Executor(address, initializer=len, initargs=("y",)) as ex:
+        assert ex.submit(helpers.square, 4).result(timeout=30) == 16

@@ -713,3 +713,19 @@ def test_withdrawn_tasks_for_a_cancel_are_dropped():
     assert state.finish(W1, (C1, 1)) is None  # its late result, if any, is dropped
     assert state.clients[C1].in_flight == 2 and state.clients[C1].queued == 0
     assert not state.queued
+
+
+def test_workers_holding_a_gone_clients_initializer_are_told_to_forget_it():
+    state = BrokerState(peer_timeout=10.0, max_retries=3)
+    state.add_client(C1, [b"init-1"], now=0.0)
+    state.add_client(C2, [], now=0.0)
+    state.add_worker(W1, 1, now=0.0)
+    state.add_worker(W2, 1, now=0.0)
+    submit_all(state, C1, [1])
+    submit_all(state, C2, [1])
+    holders = {a.worker_id for a in state.assign() if a.inits}
+    assert len(holders) == 1
+    state.remove_client(C1)
+    state.remove_client(C2)  # no initializer: nothing to forget
+    assert {w.worker_id: w.forget for w in state.workers.values()} == {
+        W1: [C1] if W1 in holders else [], W2: [C1] if W2 in holders else []}

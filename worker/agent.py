@@ -102,6 +102,8 @@ class Agent:
         self._turn = SocketTurn(self._waker)
         self._runner = Runner(threads, self._waker.wake, self._task_finished)
         self._running: set[tuple] = set()  # keys given to the runner, not yet reported done
+        # Clients gone whose initializers go once their tasks here are done.
+        self._forgetting: set[bytes] = set()
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
         self._outstanding = 0  # credit the broker has not used yet
         self._task_time: float | None = None  # moving average of task run times
@@ -273,6 +275,9 @@ class Agent:
                 return Exit.REFUSED
             elif message.op is Op.WITHDRAW:
                 self.on_withdraw(message)
+            elif message.op is Op.HEARTBEAT and message.forget:
+                self._forgetting.update(message.forget)
+                self._forget_idle_clients(message.forget)
             elif message.op is Op.DRAIN:
                 self._drain_confirmed = True
             elif message.op is Op.ERROR:
@@ -293,6 +298,7 @@ class Agent:
                                           split_frames([n for _, n in dispatch.inits],
                                                        payload[:first])):
             self._runner.add_initializer(client_id, frames)
+            self._forgetting.discard(client_id)  # back under the same id: keep this one
         groups = unpack_payloads(dispatch.tasks, 2, payload[first:])
         for (client_id, task_id, _, _), frames in zip(dispatch.tasks, groups):
             key = (client_id, task_id)
@@ -309,6 +315,8 @@ class Agent:
         taken = self._runner.withdraw(keys)
         self._running.difference_update(taken)
         self._unreported.difference_update(taken)
+        if self._forgetting and taken:
+            self._forget_idle_clients()
         if not request_id:
             # Unasked, it also takes back all unused credit, or the broker would
             # send the same tasks straight back here.
@@ -399,11 +407,27 @@ class Agent:
                     payload.extend(frames)
                     size += len(inline) + 16
             self._unreported.difference_update(started)
+            if self._forgetting and results:
+                self._forget_idle_clients()
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
             self._send(WorkerResults(results, [list(k) for k in started], credit, printed),
                        payload)
+
+    def _forget_idle_clients(self, news: list = ()) -> None:
+        """Drop the initializers of gone clients that have no task here any more
+        (``news``: clients just reported gone)."""
+        busy = {client_id for client_id, _ in self._running}
+        for client_id in news:
+            if client_id in busy:
+                log.debug("client %s has gone; its initializer goes when its tasks here end",
+                          client_id.decode(errors="replace"))
+        for client_id in self._forgetting - busy:
+            self._forgetting.discard(client_id)
+            self._runner.forget_initializer(client_id)
+            log.debug("dropped the initializer of client %s, which has gone",
+                      client_id.decode(errors="replace"))
 
     def _send(self, message, payload: list = ()) -> None:
         try:

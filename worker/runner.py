@@ -58,6 +58,13 @@ class Runner:
     def add_initializer(self, client_id: bytes, frames: list) -> None:
         self._init_frames[client_id] = frames
 
+    def forget_initializer(self, client_id: bytes) -> None:
+        """Its client has gone: drop its initializer and whether it ran (a
+        client the broker let back in under the same id sends it again)."""
+        with self._init_lock:
+            self._init_frames.pop(client_id, None)
+            self._init_results.pop(client_id, None)
+
     def submit(self, key: tuple, frames: list) -> None:
         with self._start_lock:
             self.waiting.add(key)
