@@ -8,8 +8,9 @@ One thread owns the DEALER socket. Callers pickle their call themselves (so a
 pickling error raises from ``submit``), record it in the task table and wake
 the I/O thread, which sends everything queued since its last pass as one
 SUBMIT; only a task submitted with nothing else in flight is sent by its
-caller, while the I/O thread sleeps (protocol.sockets.SocketTurn). Each task's serialized call stays in the table until its result
-arrives, so a reconnect can resubmit it (the broker drops ids it already has).
+caller, while the I/O thread sleeps (protocol.sockets.SocketTurn). Each
+task's serialized call stays in the table until its result arrives, so a
+reconnect can resubmit it (the broker drops ids it already has).
 
 The broker decides cancellation: ``cancel()`` asks it and returns True only if
 no worker has been given the task, so a cancelled task never runs.
@@ -343,10 +344,9 @@ class Session:
                     self._refused = failure
                     log.error("cannot connect to the broker at %s: %s", self.address, failure)
                     return
-            if readable(self._socket):
-                self._read_all()
-                if self._refused is not None:
-                    return
+            self._read_all()
+            if self._refused is not None:
+                return
             self._waker.clear(self._waker.fd in events)
             self._drain_outbox()
             if self._closing and not self._pending and not self._outbox:

@@ -1,10 +1,11 @@
 """Socket calls on the hot path, and sharing a socket between threads.
 
 pyzmq's ``send_multipart``/``recv_multipart`` check every frame and combine
-flags as ``enum.Flag`` values in Python, and a read loop that ends on
-``zmq.Again`` builds an exception each time: together about 6 µs a message,
-on every one of the four hops a task makes. These call the Cython socket
-methods directly with int flags.
+flags as ``enum.Flag`` values in Python: a few µs a message, on every one of
+the four hops a task makes. These call the Cython socket methods directly
+with int flags. Read loops ask ``readable`` before each receive, as the
+owner of a shared socket must before it sleeps anyway, rather than ending on
+a ``zmq.Again`` exception.
 """
 from __future__ import annotations
 
@@ -97,5 +98,3 @@ class SocketTurn:
             return dict(poller.poll(timeout_ms))
         finally:
             self._lock.acquire()
-
-

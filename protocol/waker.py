@@ -53,4 +53,3 @@ class Waker:
         except BlockingIOError:
             pass
         self._raised = False
-

@@ -182,10 +182,9 @@ class Agent:
                     # directory), so keep trying, at the reconnect back-off.
                     log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
                     self._broker_seen = 0.0
-            if readable(self._socket):
-                outcome = self._read_all()
-                if outcome is not None:
-                    return outcome
+            outcome = self._read_all()
+            if outcome is not None:
+                return outcome
             self._send_results(self._waker.fd in events)
             if self._runner.waiting:
                 self._give_back_waiting()
