@@ -131,7 +131,12 @@ def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> float:
 def bandwidth(ex: cf.Executor, payload, measure: Callable, make: Callable,
               size: int, repeat: int) -> tuple[float, float]:
     """GB/s of ``payload`` as an argument, then of ``make(size)`` as a result."""
-    assert ex.submit(measure, payload).result() == size  # warm up
+    # Warm up every worker both ways (its first call may import NumPy, and its
+    # allocator grow for 10 MB buffers): calls in flight together reach all.
+    warm = [ex.submit(measure, payload) for _ in range(2 * WORKERS)]
+    warm += [ex.submit(make, size) for _ in range(2 * WORKERS)]
+    assert [f.result() for f in warm[:2 * WORKERS]] == [size] * 2 * WORKERS
+    assert all(measure(f.result()) == size for f in warm[2 * WORKERS:])
     start = time.perf_counter()
     for _ in range(repeat):
         assert ex.submit(measure, payload).result() == size
