@@ -185,7 +185,8 @@ class Agent:
             outcome = self._read_all()
             if outcome is not None:
                 return outcome
-            self._send_results(self._waker.fd in events)
+            self._waker.clear(self._waker.fd in events)  # before taking the events
+            self._send_results()
             if self._runner.waiting:
                 self._give_back_waiting()
             if self._draining and not announced_drain:
@@ -250,9 +251,7 @@ class Agent:
         self._socket = self._handshake = None
 
     def _read_all(self) -> Exit | None:
-        while True:
-            if not readable(self._socket):
-                return None
+        while readable(self._socket):
             frames = recv_frames(self._socket)
             self._broker_seen = time.monotonic()
             try:
@@ -289,6 +288,7 @@ class Agent:
             elif message.op is Op.BYE:
                 log.warning("the broker is going away (%s); will reconnect", message.reason)
                 self._broker_seen = 0.0  # reconnect on the next pass
+        return None
 
     def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
         # Also while draining: these were sent before the broker saw DRAIN.
@@ -361,7 +361,7 @@ class Agent:
         if not self._runner.waiting and self._turn.try_take():
             try:
                 if self._socket is not None:
-                    self._send_results(False)
+                    self._send_results()
                     if self._draining or not self._broker_seen:
                         self._waker.wake()  # the loop may leave, or must reconnect
                     return
@@ -374,8 +374,7 @@ class Agent:
                 self._turn.give_back(self._socket)
         self._waker.wake()
 
-    def _send_results(self, woken: bool) -> None:
-        self._waker.clear(woken)
+    def _send_results(self) -> None:
         events = self._runner.events
         while events:
             started, results, payload, printed = {}, [], [], []
