@@ -21,6 +21,7 @@ import errno
 import itertools
 import logging
 import os
+import select
 import signal
 import threading
 import time
@@ -157,29 +158,34 @@ class Broker:
         os.set_blocking(wake_write, False)
         # A signal writes to this pipe, so the poll below wakes at once.
         previous_wakeup = signal.set_wakeup_fd(wake_write) if _main_thread() else None
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
-        poller.register(wake_read, zmq.POLLIN)
-        if watch_fd is not None:
-            poller.register(watch_fd, zmq.POLLIN)
-        if self.zap is not None:
-            poller.register(self.zap.socket, zmq.POLLIN)
+        # The sockets' ZMQ_FDs, not the sockets: zmq_poll would make two more
+        # system calls per pass for each socket (ZMQ_EVENTS, and a first pass
+        # that does not wait). ZMQ_FD only signals edges, so the loop looks at
+        # ZMQ_EVENTS itself before it sleeps.
+        zap_fd = self.zap.socket.getsockopt(zmq.FD) if self.zap is not None else None
+        poller = select.poll()
+        for fd in (self.socket.getsockopt(zmq.FD), wake_read, watch_fd, zap_fd):
+            if fd is not None:
+                poller.register(fd, select.POLLIN)
         next_chores = time.monotonic() + self.heartbeat_interval
         log.info("broker listening on %s (protocol %d, %s)", self.address, PROTOCOL_VERSION,
                  "CURVE: authorized keys only" if self.zap else "no authentication")
         try:
             while not self._stopping:
                 timeout = max(0.0, next_chores - time.monotonic())
+                if readable(self.socket):  # sends may have taken the edge of one waiting
+                    timeout = 0.0
                 events = dict(poller.poll(timeout * 1000))
                 if watch_fd is not None and watch_fd in events:
                     log.info("parent process has exited; stopping")
                     break
                 if wake_read in events:
                     os.read(wake_read, 512)
-                if self.zap is not None and self.zap.socket in events:
+                if zap_fd is not None and zap_fd in events:
+                    # It ends on a receive that finds nothing, which re-arms
+                    # the ZMQ_FD; nothing else uses that socket.
                     self.zap.handle()
-                if self.socket in events:
-                    self._read_all()
+                self._read_all()
                 self._dispatch()
                 self._flush()
                 now = time.monotonic()

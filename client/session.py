@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import socket as socketlib
 import sys
 import threading
@@ -323,27 +324,27 @@ class Session:
 
     def _serve(self) -> None:
         self._connect()
-        poller = zmq.Poller()
-        poller.register(self._waker.fd, zmq.POLLIN)
+        poller = select.poll()  # over descriptors only: see SocketTurn
+        poller.register(self._waker.fd, select.POLLIN)
         lost_since: float | None = None
         polled = None
         while True:
             if polled is not self._socket:  # a new connection
-                poller.register(self._socket.getsockopt(zmq.FD), zmq.POLLIN)
-                poller.register(self._handshake.monitor, zmq.POLLIN)
+                socket_fd = self._socket.getsockopt(zmq.FD)
+                poller.register(socket_fd, select.POLLIN)
+                poller.register(self._handshake.fd, select.POLLIN)
                 polled = self._socket
             deadline = min(self._last_send + self._heartbeat_interval,
                            self._broker_seen + self._heartbeat_interval * self._liveness)
             events = self._turn.poll(poller, self._socket,
                                      max(0.0, deadline - time.monotonic()) * 1000)
-            if self._handshake.monitor in events:
-                failure = self._handshake.failure()
-                if failure is not None:
-                    # Keys do not mend themselves: waiting would only turn this
-                    # into a timeout that hides the reason.
-                    self._refused = failure
-                    log.error("cannot connect to the broker at %s: %s", self.address, failure)
-                    return
+            failure = self._handshake.failure(events)
+            if failure is not None:
+                # Keys do not mend themselves: waiting would only turn this
+                # into a timeout that hides the reason.
+                self._refused = failure
+                log.error("cannot connect to the broker at %s: %s", self.address, failure)
+                return
             self._read_all()
             if self._refused is not None:
                 return
@@ -369,8 +370,8 @@ class Session:
                         f"{now - lost_since:.0f}s and the executor is shutting down; this "
                         "task did not complete"))
                     return
-                poller.unregister(self._socket.getsockopt(zmq.FD))
-                poller.unregister(self._handshake.monitor)
+                poller.unregister(socket_fd)
+                poller.unregister(self._handshake.fd)
                 self._reconnect()
             else:
                 if self._connected:

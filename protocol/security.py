@@ -137,9 +137,17 @@ class HandshakeWatch:
         self.monitor = socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+        # For a poll loop. ZMQ_FD signals an event only after a look that
+        # found none, so look once now, before the connection starts; failure()
+        # then reads to the end, unless it reports one (and the connection goes).
+        self.fd = self.monitor.getsockopt(zmq.FD)
+        self.monitor.getsockopt(zmq.EVENTS)
 
-    def failure(self) -> str | None:
-        """Why handshakes are failing, from the events waiting; None if nothing says."""
+    def failure(self, events: dict | None = None) -> str | None:
+        """Why handshakes are failing, from the events waiting; None if nothing
+        says. With ``events`` (of a poll over ``fd``), only if there may be news."""
+        if events is not None and self.fd not in events:
+            return None
         while self.monitor.poll(0):
             message = parse_monitor_message(self.monitor.recv_multipart())
             event, value = message["event"], message["value"]

@@ -27,6 +27,7 @@ import enum
 import logging
 import math
 import os
+import select
 import signal
 import socket as socketlib
 import threading
@@ -154,10 +155,10 @@ class Agent:
         poller, polled = None, None
         while True:
             if polled is not self._socket:  # a new connection: a new poller
-                poller, polled = zmq.Poller(), self._socket
-                for item in (self._socket.getsockopt(zmq.FD), self._waker.fd, wake_read,
-                             self._handshake.monitor, *self.watch_fds):
-                    poller.register(item, zmq.POLLIN)
+                poller, polled = select.poll(), self._socket  # descriptors only: see SocketTurn
+                for fd in (self._socket.getsockopt(zmq.FD), self._waker.fd, wake_read,
+                           self._handshake.fd, *self.watch_fds):
+                    poller.register(fd, select.POLLIN)
             next_chore = min(self._last_send + self.heartbeat_interval,
                              self._broker_seen + self.heartbeat_interval * self.liveness)
             timeout = max(0.0, next_chore - time.monotonic())
@@ -175,13 +176,12 @@ class Agent:
                 log.info("stopping at once; %d running task(s) will be requeued by the broker",
                          len(self._running))
                 return Exit.OK
-            if self._handshake.monitor in events:
-                failure = self._handshake.failure()
-                if failure:
-                    # Keys may be fixed while we wait (a key added to the broker's
-                    # directory), so keep trying, at the reconnect back-off.
-                    log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
-                    self._broker_seen = 0.0
+            failure = self._handshake.failure(events)
+            if failure:
+                # Keys may be fixed while we wait (a key added to the broker's
+                # directory), so keep trying, at the reconnect back-off.
+                log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
+                self._broker_seen = 0.0
             outcome = self._read_all()
             if outcome is not None:
                 return outcome
