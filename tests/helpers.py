@@ -56,6 +56,12 @@ def touch_then_wait(mark, release, timeout=30.0):
     return wait_for_file(release, timeout)
 
 
+def print_then_wait(text, release, timeout=30.0):
+    """Print a line, then wait for ``release``."""
+    print(text, flush=True)
+    return wait_for_file(release, timeout)
+
+
 def pid_when_all_present(directory, count, timeout=30.0):
     """Drop a file named by this process, then wait until ``count`` such files exist."""
     touch(os.path.join(directory, f"{os.getpid()}"))

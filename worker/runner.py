@@ -89,22 +89,32 @@ class Runner:
                     continue
                 self.waiting.discard(key)
                 start = self.running[key] = time.monotonic()
-            # No wake for this: the I/O loop reports starts on its own
-            # schedule (worker.agent.START_REPORT_AFTER).
-            self.events.append(("started", key))
-            output.running(key)
-            try:
-                status, out = self.run(key[0], frames)
-            finally:
-                output.running(None)
-            with self._start_lock:
-                del self.running[key]
-            self.events.append(("done", key, status, out, time.monotonic() - start))
+            self._execute(key, frames, start)
             try:
                 self._finished()
             except Exception:  # this thread must live on: the loop sends it instead
                 log.exception("sending a result from its thread failed")
                 self._notify()
+
+    def run_here(self, key: tuple, frames: list) -> None:
+        """Run a task on the calling thread (one of ours, lent the socket by
+        the I/O loop), with the events a queued task makes; never raises."""
+        with self._start_lock:
+            start = self.running[key] = time.monotonic()
+        self._execute(key, frames, start)
+
+    def _execute(self, key: tuple, frames: list, start: float) -> None:
+        # No wake for this: the I/O loop reports starts on its own
+        # schedule (worker.agent.START_REPORT_AFTER).
+        self.events.append(("started", key))
+        output.running(key)
+        try:
+            status, out = self.run(key[0], frames)
+        finally:
+            output.running(None)
+        with self._start_lock:
+            del self.running[key]
+        self.events.append(("done", key, status, out, time.monotonic() - start))
 
     def started_times(self) -> list[float]:
         with self._start_lock:

@@ -1,0 +1,92 @@
+"""A one-thread worker lends its socket to its task thread between lone tasks
+(worker.agent, "Lending the socket"): its loop must take the socket back
+whenever there is more to do, so nothing a worker owes the broker or the
+client waits for a task to end."""
+from __future__ import annotations
+
+import signal
+
+import client
+from tests import helpers
+from tests.helpers import wait_until
+
+# The broker declares a worker dead after a second of silence.
+FAST = ("--heartbeat-interval", "0.2", "--liveness", "5", "--log-level", "WARNING")
+LENT = "lent the socket to the task thread"
+
+
+def _lending_worker(programs, tmp_path, *args):
+    """A broker, and one one-thread worker logging at DEBUG; returns the
+    broker's address, the worker and a function that reads its log."""
+    _, address = programs.broker(*FAST)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        worker = programs.worker(address, "--threads", "1", "--heartbeat-interval", "0.2",
+                                 "--liveness", "5", "--log-level", "DEBUG", *args, stderr=log)
+    return address, worker, log_path.read_text
+
+
+def _lend(ex, read_log):
+    """Run a task, after which the worker lends its socket, and wait until it has."""
+    assert ex.submit(helpers.square, 3).result(timeout=30) == 9
+    wait_until(lambda: LENT in read_log(), 30, what="the worker to lend its socket")
+
+
+def test_a_long_task_on_the_lent_socket_is_reported_started(programs, tmp_path, gate):
+    address, _, read_log = _lending_worker(programs, tmp_path)
+    started = str(tmp_path / "started")
+    with client.Executor(address) as ex:
+        _lend(ex, read_log)
+        future = ex.submit(helpers.touch_then_wait, started, gate)
+        helpers.wait_for_file(started)
+        # Only the loop reports starts: it must have taken the socket back.
+        wait_until(future.running, 10, what="the start to be reported")
+        assert "took the socket back from the task thread" in read_log()
+        queued = ex.submit(helpers.square, 4)  # waits here, or at the broker
+        assert not future.done()
+        helpers.touch(gate)
+        assert future.result(timeout=30) > 0
+        assert queued.result(timeout=30) == 16
+    log = read_log()
+    assert "silent" not in log and "no longer knows" not in log, log
+
+
+def test_output_of_a_task_on_the_lent_socket_arrives_while_it_runs(programs, tmp_path, gate,
+                                                                  capsys):
+    address, _, read_log = _lending_worker(programs, tmp_path)
+    with client.Executor(address) as ex:
+        _lend(ex, read_log)
+        capsys.readouterr()
+        future = ex.submit(helpers.print_then_wait, "hello from the lent socket", gate)
+        wait_until(lambda: "hello from the lent socket" in capsys.readouterr().out, 30,
+                   what="the task's output while it runs")
+        assert not future.done()
+        helpers.touch(gate)
+        assert future.result(timeout=30) > 0
+
+
+def test_a_worker_that_lent_its_socket_drains_on_sigterm(programs, tmp_path):
+    address, worker, read_log = _lending_worker(programs, tmp_path)
+    with client.Executor(address) as ex:
+        _lend(ex, read_log)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert "drained; leaving" in read_log()
+
+
+def test_a_worker_that_lent_its_socket_reconnects_to_a_restarted_broker(programs, tmp_path):
+    # Silent for 0.3 s is gone: the loop reconnects while the socket is still lent.
+    broker_args = ("--heartbeat-interval", "0.1", "--liveness", "3", "--log-level", "WARNING")
+    broker, address = programs.broker(*broker_args)
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "w") as log:
+        programs.worker(address, "--threads", "1", "--log-level", "DEBUG", stderr=log)
+    with client.Executor(address) as ex:
+        _lend(ex, log_path.read_text)
+    broker.kill()
+    broker.wait(timeout=30)
+    wait_until(lambda: "reconnecting in" in log_path.read_text(), 30,
+               what="the worker to give up on the killed broker")
+    programs.broker(*broker_args, bind=address)
+    with client.Executor(address) as ex:
+        assert ex.submit(helpers.square, 5).result(timeout=30) == 25
