@@ -654,10 +654,17 @@ class Session:
             _, cause = loads_result(Status.RAISED, frames)
         except BaseException as exc:
             cause = exc
+        if isinstance(cause, ModuleNotFoundError) and cause.name:
+            # Unlike a task, it is not sent again by value: the module state it
+            # sets up would then be a copy that the tasks never see.
+            advice = (f"The workers cannot import module {cause.name!r}: make it importable "
+                      "there (install it, or start them with worker --path DIR or "
+                      "$ZEROPOOL_PATH), then create a new Executor.")
+        else:
+            advice = "Fix the initializer and create a new Executor."
         broken = InitializerError(
             f"the executor's initializer raised {type(cause).__name__}: {cause} on a worker; "
-            "the executor cannot run tasks any more. Fix the initializer and create a new "
-            "Executor.")
+            f"the executor cannot run tasks any more. {advice}")
         broken.__cause__ = cause
         self.broken = broken
         with self._lock:

@@ -361,3 +361,15 @@ def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_p
     # The worker serves on, initializers and all.
     with client.Executor(address, initializer=len, initargs=("y",)) as ex:
         assert ex.submit(helpers.square, 4).result(timeout=30) == 16
+
+
+def test_an_initializer_the_workers_cannot_import_says_how_to_fix_it(programs):
+    # Workers started here cannot import the tests package.
+    _, address = programs.broker(*FAST)
+    programs.worker(address)
+    with client.Executor(address, initializer=helpers.set_state, initargs=("x",)) as ex:
+        future = ex.submit(helpers.square, 3)
+        with pytest.raises(client.InitializerError) as raised:
+            future.result(timeout=30)
+    message = str(raised.value)
+    assert "cannot import module 'tests'" in message and "--path" in message, message
