@@ -363,13 +363,17 @@ def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_p
         assert ex.submit(helpers.square, 4).result(timeout=30) == 16
 
 
-def test_an_initializer_the_workers_cannot_import_says_how_to_fix_it(programs):
-    # Workers started here cannot import the tests package.
+def test_an_initializer_the_workers_cannot_import_says_how_to_fix_it(
+        programs, tmp_path, monkeypatch):
+    # A module only this process can import (and never sent by value before).
+    (tmp_path / "zp_only_here.py").write_text("def setup(value):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import zp_only_here
     _, address = programs.broker(*FAST)
     programs.worker(address)
-    with client.Executor(address, initializer=helpers.set_state, initargs=("x",)) as ex:
+    with client.Executor(address, initializer=zp_only_here.setup, initargs=("x",)) as ex:
         future = ex.submit(helpers.square, 3)
         with pytest.raises(client.InitializerError) as raised:
             future.result(timeout=30)
     message = str(raised.value)
-    assert "cannot import module 'tests'" in message and "--path" in message, message
+    assert "cannot import module 'zp_only_here'" in message and "--path" in message, message
