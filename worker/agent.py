@@ -72,8 +72,8 @@ GIVE_BACK_AFTER = 0.02
 # task's start goes with its result): a wake and a report per task would cost
 # a message through the broker to the client, competing with the result.
 START_REPORT_AFTER = 0.001
-# A task thread lent the socket gives it back after this long without a task,
-# so that an idle worker's loop stops waking every GIVE_BACK_AFTER.
+# The loop takes a lent socket back after this long without a task, so that
+# an idle worker's loop stops waking every GIVE_BACK_AFTER.
 LEND_IDLE = 1.0
 
 
@@ -211,9 +211,17 @@ class Agent:
                 outcome, self._exit = self._exit, None
             if outcome is not None:
                 return outcome
-            if self._lent and (self._runner.running or self._runner.waiting or self._draining
-                               or time.monotonic() - self._lent_active_at > LEND_IDLE):
-                self._take_back()
+            if self._lent:
+                # Even while it is lent, the loop's passes read the socket and
+                # send what is due; taking it back makes that prompt again.
+                if self._runner.running:
+                    self._take_back("a task is running there")
+                elif self._runner.waiting:
+                    self._take_back("tasks are queued")
+                elif self._draining:
+                    self._take_back("draining")
+                elif time.monotonic() - self._lent_active_at > LEND_IDLE:
+                    self._take_back("idle")
             self._waker.clear(self._waker.fd in events)  # before taking the events
             self._send_results()
             if self._runner.waiting:
@@ -276,7 +284,7 @@ class Agent:
         self._connect()
 
     def _close_socket(self) -> None:
-        self._take_back()
+        self._take_back("its connection closes")
         close_watched(self._socket, self._handshake)
         self._socket = self._handshake = None
 
@@ -349,6 +357,9 @@ class Agent:
 
     def _give_back(self, request_id: int, keys: list) -> None:
         taken = self._runner.withdraw(keys)
+        if self._lone is not None and self._lone[0] in keys:  # read, not started yet
+            taken.append(self._lone[0])
+            self._lone = None
         self._running.difference_update(taken)
         self._unreported.difference_update(taken)
         if self._forgetting and taken:
@@ -409,7 +420,7 @@ class Agent:
             except Exception:
                 # Sent nothing, or half a message: start over on a new connection
                 # (the broker then runs again what was sent here).
-                log.exception("sending a result failed; reconnecting")
+                log.exception("using the socket from a task thread failed; reconnecting")
                 self._broker_seen = 0.0
             finally:
                 self._turn.give_back(self._socket)
@@ -436,6 +447,11 @@ class Agent:
                 self._reading_lent = True
                 try:
                     self._exit = self._read_all()
+                except BaseException:
+                    if self._lone is not None:  # read, so it must run
+                        self._runner.submit(*self._lone)
+                        self._lone = None
+                    raise
                 finally:
                     self._reading_lent = False
                 lone, self._lone = self._lone, None
@@ -454,6 +470,8 @@ class Agent:
                 if self._socket is not sock:
                     return
                 self._send_results()
+                if not self._broker_seen:  # the send asks for a reconnect
+                    return
                 self._lent_active_at = time.monotonic()
         finally:
             if self._lent:
@@ -461,12 +479,12 @@ class Agent:
                 log.debug("the task thread gave the socket back")
             self._waker.wake()  # for what made it stop, or a result it could not send
 
-    def _take_back(self) -> None:
+    def _take_back(self, why: str) -> None:
         """The loop's: the socket is watched by the loop again."""
         if self._lent:
             self._lent = False
             self._lend_waker.wake()
-            log.debug("took the socket back from the task thread")
+            log.debug("took the socket back from the task thread: %s", why)
 
     def _send_results(self) -> None:
         events = self._runner.events
