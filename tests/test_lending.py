@@ -17,15 +17,15 @@ RUNNING_THERE = "took the socket back from the task thread: a task is running th
 QUEUED = "took the socket back from the task thread: tasks are queued"
 
 
-def _lending_worker(programs, tmp_path, *args):
-    """A broker, and one one-thread worker logging at DEBUG; returns the
-    broker's address, the worker and a function that reads its log."""
-    _, address = programs.broker(*FAST)
+def _lending_worker(programs, tmp_path, broker_args=FAST):
+    """A broker, and one one-thread worker logging at DEBUG (it takes the
+    broker's heartbeat settings); returns the broker, its address, the worker
+    and a function that reads the worker's log."""
+    broker, address = programs.broker(*broker_args)
     log_path = tmp_path / "worker.log"
     with open(log_path, "w") as log:
-        worker = programs.worker(address, "--threads", "1", "--heartbeat-interval", "0.2",
-                                 "--liveness", "5", "--log-level", "DEBUG", *args, stderr=log)
-    return address, worker, log_path.read_text
+        worker = programs.worker(address, "--threads", "1", "--log-level", "DEBUG", stderr=log)
+    return broker, address, worker, log_path.read_text
 
 
 def _lend(ex, read_log):
@@ -38,7 +38,7 @@ def _lend(ex, read_log):
 
 
 def test_a_long_task_on_the_lent_socket_is_reported_started(programs, tmp_path, gate):
-    address, _, read_log = _lending_worker(programs, tmp_path)
+    _, address, _, read_log = _lending_worker(programs, tmp_path)
     started = str(tmp_path / "started")
     with client.Executor(address) as ex:
         _lend(ex, read_log)
@@ -59,7 +59,7 @@ def test_a_long_task_on_the_lent_socket_is_reported_started(programs, tmp_path, 
 
 def test_output_of_a_task_on_the_lent_socket_arrives_while_it_runs(programs, tmp_path, gate,
                                                                   capsys):
-    address, _, read_log = _lending_worker(programs, tmp_path)
+    _, address, _, read_log = _lending_worker(programs, tmp_path)
     with client.Executor(address) as ex:
         _lend(ex, read_log)
         capsys.readouterr()
@@ -72,7 +72,7 @@ def test_output_of_a_task_on_the_lent_socket_arrives_while_it_runs(programs, tmp
 
 
 def test_a_worker_that_lent_its_socket_drains_on_sigterm(programs, tmp_path):
-    address, worker, read_log = _lending_worker(programs, tmp_path)
+    _, address, worker, read_log = _lending_worker(programs, tmp_path)
     with client.Executor(address) as ex:
         _lend(ex, read_log)
         worker.send_signal(signal.SIGTERM)
@@ -83,15 +83,12 @@ def test_a_worker_that_lent_its_socket_drains_on_sigterm(programs, tmp_path):
 def test_a_worker_that_lent_its_socket_reconnects_to_a_restarted_broker(programs, tmp_path):
     # Silent for 0.3 s is gone: the loop reconnects while the socket is still lent.
     broker_args = ("--heartbeat-interval", "0.1", "--liveness", "3", "--log-level", "WARNING")
-    broker, address = programs.broker(*broker_args)
-    log_path = tmp_path / "worker.log"
-    with open(log_path, "w") as log:
-        programs.worker(address, "--threads", "1", "--log-level", "DEBUG", stderr=log)
+    broker, address, _, read_log = _lending_worker(programs, tmp_path, broker_args)
     with client.Executor(address) as ex:
-        _lend(ex, log_path.read_text)
+        _lend(ex, read_log)
     broker.kill()
     broker.wait(timeout=30)
-    wait_until(lambda: "reconnecting in" in log_path.read_text(), 30,
+    wait_until(lambda: "reconnecting in" in read_log(), 30,
                what="the worker to give up on the killed broker")
     programs.broker(*broker_args, bind=address)
     with client.Executor(address) as ex:
