@@ -1,13 +1,14 @@
 """Many calls queued at once, measured in a fresh interpreter (``python -m bench.queued``).
 
-    python -m bench.queued POOL N [--skip S] [--slice K] [--drain]
+    python -m bench.queued POOL N [--skip S] [--slice K] [--slices M] [--drain]
 
-Holds every worker with a blocker, submits N + S + K no-op calls, waits until
+Holds every worker with a blocker, submits N + S + M×K no-op calls, waits until
 the pool has taken them all in (the broker's CPU falls quiet), then releases
-the blockers and times the first K calls after the first S: the per-call cost
-of dispatching from a queue that stays at least N long. With ``--drain`` it
-then collects all of them, for the total time and the peak memory of a queue
-of N. Prints one JSON line.
+the blockers and times M slices of K calls in a row after the first S: the
+per-call cost of dispatching from a queue that stays at least N long is the
+median slice's (one slice alone swings with whatever else the machine does
+meanwhile). With ``--drain`` it then collects all of them, for the total time
+and the peak memory of a queue of N. Prints one JSON line.
 
 A process of its own, so the peak RSS (VmHWM) of the client is this workload's
 alone. For zeropool the broker's cost is read from its own CPU time, so what
@@ -21,6 +22,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import tempfile
 import time
 import traceback
@@ -88,7 +90,7 @@ def cluster_pids(ex) -> list[int]:
     return pids
 
 
-def run(pool: str, n: int, skip: int, slice_: int, drain: bool) -> dict:
+def run(pool: str, n: int, skip: int, slice_: int, slices: int, drain: bool) -> dict:
     from bench.run import WORKERS, pools
 
     directory = tempfile.mkdtemp(prefix="zeropool-bench-")
@@ -105,7 +107,7 @@ def run(pool: str, n: int, skip: int, slice_: int, drain: bool) -> dict:
             time.sleep(0.01)
 
         start = time.perf_counter()
-        futures = [ex.submit(tasks.noop) for _ in range(n + skip + slice_)]
+        futures = [ex.submit(tasks.noop) for _ in range(n + skip + slices * slice_)]
         submitted = time.perf_counter()
         # The client's own CPU too: its I/O thread may still be sending.
         taken_in = wait_quiet([broker, "self"], TIMEOUT) if broker else submitted
@@ -114,13 +116,16 @@ def run(pool: str, n: int, skip: int, slice_: int, drain: bool) -> dict:
         with open(os.path.join(directory, "release"), "w"):
             pass
         released = time.perf_counter()
-        futures[skip].result()
-        first, first_cpu = time.perf_counter(), cpu_seconds(broker) if broker else 0.0
-        futures[skip + slice_].result()
-        last, last_cpu = time.perf_counter(), cpu_seconds(broker) if broker else 0.0
-        result["dispatch_us"] = (last - first) / slice_ * 1e6
+        marks = []  # (wall, broker CPU) as each slice begins, and after the last
+        for i in range(slices + 1):
+            futures[skip + i * slice_].result()
+            marks.append((time.perf_counter(), cpu_seconds(broker) if broker else 0.0))
+        spans = list(zip(marks, marks[1:]))
+        result["dispatch_us"] = statistics.median(
+            (b[0] - a[0]) / slice_ * 1e6 for a, b in spans)
         if broker:
-            result["broker_cpu_us"] = (last_cpu - first_cpu) / slice_ * 1e6
+            result["broker_cpu_us"] = statistics.median(
+                (b[1] - a[1]) / slice_ * 1e6 for a, b in spans)
         if drain:
             for future in futures:
                 future.result()
@@ -159,12 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("n", type=int, help="calls that stay queued while the slice runs")
     parser.add_argument("--skip", type=int, default=200,
                         help="calls run before the slice (default: 200)")
-    parser.add_argument("--slice", type=int, default=2000, help="calls timed (default: 2000)")
+    parser.add_argument("--slice", type=int, default=4000,
+                        help="calls timed in each slice (default: 4000)")
+    parser.add_argument("--slices", type=int, default=5,
+                        help="slices timed; the median counts (default: 5)")
     parser.add_argument("--drain", action="store_true",
                         help="collect every call, for total time and peak RSS (default: off)")
     args = parser.parse_args(argv)
     try:
-        result = run(args.pool, args.n, args.skip, args.slice, args.drain)
+        result = run(args.pool, args.n, args.skip, args.slice, args.slices, args.drain)
     except BaseException:
         traceback.print_exc()
         os._exit(1)  # not sys.exit: the pools' exit hooks would run every queued call

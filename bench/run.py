@@ -42,10 +42,12 @@ QUEUED_POOLS = ("zeropool", PPE)
 
 FULL = dict(noop=20_000, map=100_000, map_unchunked=10_000, latency=2_000, cpu_tasks=40,
             cpu_n=1_000_000, payload=10_000_000, payload_repeat=10,
-            dispatch=[1_000, 100_000], queued=1_000_000, skip=200, slice=2_000)
+            dispatch=[1_000, 100_000], queued=1_000_000, skip=200, slice=4_000, slices=5,
+            rounds=5)
 QUICK = dict(noop=2_000, map=10_000, map_unchunked=1_000, latency=200, cpu_tasks=8,
              cpu_n=300_000, payload=10_000_000, payload_repeat=2,
-             dispatch=[1_000, 5_000], queued=20_000, skip=100, slice=300)
+             dispatch=[1_000, 5_000], queued=20_000, skip=100, slice=300, slices=3,
+             rounds=1)
 
 
 class _DaskExecutor(cf.Executor):
@@ -113,8 +115,18 @@ def latency(ex: cf.Executor, n: int) -> tuple[float, float]:
     return samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
 
 
-def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> float:
-    """Serial time of the work ÷ (workers × wall time on the pool)."""
+def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> tuple[float, float]:
+    """The work's serial time ÷ (workers × wall time on the pool), with the
+    serial time taken two ways: the tasks' own CPU time, summed (the target's
+    measure), and the same work timed once in this process beforehand.
+
+    The second swings with whatever else the machine does at the two moments,
+    and with this process's own threads: runs of it put loky at 1.32, more
+    than the two cores can give. The first is timed by the tasks on the
+    workers' cores as they run, so what it leaves out of the wall time is the
+    pool's overhead: idle gaps between tasks, and CPU taken from the tasks by
+    the pool's own processes.
+    """
     singles = []
     for _ in range(3):  # one timing alone swings with the machine's load
         start = time.perf_counter()
@@ -123,9 +135,9 @@ def cpu_efficiency(ex: cf.Executor, count: int, n: int) -> float:
     one = statistics.median(singles)
     start = time.perf_counter()
     # Each call distinct: Dask runs calls with equal arguments once.
-    list(ex.map(tasks.burn, [n] * count, range(count)))
+    work = sum(ex.map(tasks.burn_timed, [n] * count, range(count)))
     wall = time.perf_counter() - start
-    return (one * count / WORKERS) / wall
+    return work / WORKERS / wall, (one * count / WORKERS) / wall
 
 
 def bandwidth(ex: cf.Executor, payload, measure: Callable, make: Callable,
@@ -178,7 +190,8 @@ def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> di
             map_throughput(ex, sizes["map"], 1000) for _ in range(repeats))
         result["p50_us"], result["p99_us"] = medians(
             repeats, lambda: latency(ex, sizes["latency"]))
-        result["cpu_efficiency"] = cpu_efficiency(ex, sizes["cpu_tasks"], sizes["cpu_n"])
+        result["cpu_efficiency"], result["cpu_efficiency_serial"] = medians(
+            repeats, lambda: cpu_efficiency(ex, sizes["cpu_tasks"], sizes["cpu_n"]))
         size, repeat = sizes["payload"], sizes["payload_repeat"]
         result["payload_up_GBps"], result["payload_down_GBps"] = medians(repeats, lambda: bandwidth(
             ex, b"x" * size, tasks.size_of, tasks.make_bytes, size, repeat))
@@ -198,7 +211,8 @@ def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> di
 def queued(pool: str, n: int, sizes: dict, drain: bool) -> dict:
     """One run of bench/queued.py in a fresh interpreter; its JSON result."""
     argv = [sys.executable, "-m", "bench.queued", pool, str(n), "--skip", str(sizes["skip"]),
-            "--slice", str(sizes["slice"])] + (["--drain"] if drain else [])
+            "--slice", str(sizes["slice"]), "--slices", str(sizes["slices"])]
+    argv += ["--drain"] if drain else []
     env = dict(os.environ)
     root = os.path.dirname(HERE)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -227,26 +241,42 @@ def _wait_gone(pids: list[int], timeout: float = 30.0) -> None:
 
 
 def measure_queued(pool: str, sizes: dict) -> dict:
-    """Dispatch cost with few and many queued, then a full queue drained."""
-    result: dict = {}
-    for name, n in zip(("small", "mid"), sizes["dispatch"]):
-        print(f"  {pool}: dispatch with {n:,} queued ...", file=sys.stderr, flush=True)
-        run = queued(pool, n, sizes, drain=False)
-        result[f"dispatch_{name}_us"] = run["dispatch_us"]
+    """Dispatch cost with few and many queued, then a full queue drained.
+
+    The few and the many are measured in turns (``rounds`` of each, in fresh
+    interpreters), each figure the median of its turns: on this shared machine
+    the same run swings between about 7 and 10 µs of broker CPU a task, from
+    one minute to the next.
+    """
+    small_n, mid_n = sizes["dispatch"]
+    big_n = sizes["queued"]
+    samples: dict[str, list[float]] = {}
+
+    def sample(name: str, n: int, drain: bool = False) -> dict:
+        print(f"  {pool}: dispatch with {n:,} queued{', then drained' if drain else ''} ...",
+              file=sys.stderr, flush=True)
+        run = queued(pool, n, sizes, drain=drain)
+        samples.setdefault(f"dispatch_{name}_us", []).append(run["dispatch_us"])
         if "broker_cpu_us" in run:
-            result[f"broker_cpu_{name}_us"] = run["broker_cpu_us"]
-    print(f"  {pool}: {sizes['queued']:,} queued, then drained ...", file=sys.stderr, flush=True)
-    run = queued(pool, sizes["queued"], sizes, drain=True)
-    result["dispatch_large_us"] = run["dispatch_us"]
-    result["dispatch_growth"] = run["dispatch_us"] / result["dispatch_small_us"]
-    if "broker_cpu_us" in run:
-        result["broker_cpu_large_us"] = run["broker_cpu_us"]
-        result["broker_cpu_growth"] = run["broker_cpu_us"] / result["broker_cpu_small_us"]
-    result["queued_submit_s"] = run["submit_s"]
-    result["queued_total_s"] = run["total_s"]
-    result["client_rss_mb"] = run["client_rss_mb"]
-    if "broker_rss_mb" in run:
-        result["broker_rss_mb"] = run["broker_rss_mb"]
+            samples.setdefault(f"broker_cpu_{name}_us", []).append(run["broker_cpu_us"])
+        return run
+
+    for _ in range(sizes["rounds"] - 1):
+        sample("small", small_n)
+        sample("large", big_n)
+    sample("small", small_n)
+    sample("mid", mid_n)
+    drained = sample("large", big_n, drain=True)  # the last turn's many
+    result: dict = {key: statistics.median(values) for key, values in samples.items()}
+    for measure in ("dispatch", "broker_cpu"):
+        if f"{measure}_small_us" in result:
+            result[f"{measure}_growth"] = (result[f"{measure}_large_us"]
+                                           / result[f"{measure}_small_us"])
+    result["queued_submit_s"] = drained["submit_s"]
+    result["queued_total_s"] = drained["total_s"]
+    result["client_rss_mb"] = drained["client_rss_mb"]
+    if "broker_rss_mb" in drained:
+        result["broker_rss_mb"] = drained["broker_rss_mb"]
     return result
 
 
@@ -265,7 +295,10 @@ def rows(sizes: dict) -> list[tuple[str, str, str]]:
          "{:,.0f}"),
         ("p50_us", "↓ round trip p50 (µs)", "{:,.0f}"),
         ("p99_us", "↓ round trip p99 (µs)", "{:,.0f}"),
-        ("cpu_efficiency", f"↑ CPU scaling efficiency, {sizes['cpu_tasks']} tasks", "{:.2f}"),
+        ("cpu_efficiency", f"↑ CPU scaling efficiency, {sizes['cpu_tasks']} tasks: "
+         "tasks' CPU time ÷ (workers × wall)", "{:.2f}"),
+        ("cpu_efficiency_serial", f"↑ CPU scaling efficiency, {sizes['cpu_tasks']} tasks: "
+         "serial time in the client ÷ (workers × wall)", "{:.2f}"),
         ("payload_up_GBps", f"↑ {mb:g} MB bytes argument (GB/s)", "{:.2f}"),
         ("payload_down_GBps", f"↑ {mb:g} MB bytes result (GB/s)", "{:.2f}"),
         ("array_up_GBps", f"↑ {mb:g} MB NumPy argument (GB/s)", "{:.2f}"),
@@ -416,8 +449,11 @@ def main(argv: list[str] | None = None) -> int:
                 "↑: higher is better, ↓: lower. Each throughput, round-trip and bandwidth "
                 f"figure is the median of {repeats} runs. Dispatch per task: wall time to run "
                 f"{sizes['slice']:,} no-op calls from the head of a queue that stays at least "
-                "N long (all queued behind blockers first); broker CPU per task: the "
-                "broker's own CPU time over the same calls. The queued workloads run for "
+                "N long (all queued behind blockers first), the median of "
+                f"{sizes['slices']} such slices in a row; broker CPU per task: the "
+                "broker's own CPU time over the same calls. Few and many queued are "
+                f"measured in {sizes['rounds']} alternating turns, each in a fresh "
+                "interpreter: each figure is the median of its turns. The queued workloads run for "
                 f"zeropool and ProcessPoolExecutor only. {RELAY}: not a pool, the floor "
                 "under zeropool's round trip and bandwidth: bare pyzmq messages through "
                 "the same four hops and three processes, nothing else (bench/relay.py).\n\n"

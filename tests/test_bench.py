@@ -16,9 +16,10 @@ pytestmark = pytest.mark.timeout(120)
 
 TINY = dict(noop=200, map=2_000, map_unchunked=100, latency=50, cpu_tasks=4, cpu_n=10_000,
             payload=1_000_000, payload_repeat=1, dispatch=[100, 300], queued=1_000, skip=20,
-            slice=50)
+            slice=50, slices=2, rounds=2)
 IN_PROCESS = ["startup_s", "noop_tasks_per_s", "map_items_per_s", "map_chunk1000_items_per_s",
-              "p50_us", "p99_us", "cpu_efficiency", "payload_up_GBps", "payload_down_GBps"]
+              "p50_us", "p99_us", "cpu_efficiency", "cpu_efficiency_serial",
+              "payload_up_GBps", "payload_down_GBps"]
 # NumPy is in the bench extra, not the test extra: measured only where installed.
 try:
     import numpy  # noqa: F401
