@@ -130,7 +130,7 @@ class Broker:
         self.started_at = time.time()
         self._outgoing: dict[bytes, _Outgoing] = {}
         self._cancels: dict[int, _PendingCancel] = {}
-        self._cancel_ids = itertools.count(1)
+        self._withdraw_ids = itertools.count(1)
         self._unreachable: set[bytes] = set()
         self._complaints = 0
         self._answered: set[bytes] = set()
@@ -378,7 +378,7 @@ class Broker:
             self._send(client_id, CancelReply(cancel.request_id, cancelled))
             return
         # Workers may hold some of them unstarted (prefetched): ask for them back.
-        request_id = next(self._cancel_ids)
+        request_id = next(self._withdraw_ids)
         self._cancels[request_id] = _PendingCancel(client_id, cancel.request_id, cancelled, held)
         for worker_id, task_ids in held.items():
             self._send(worker_id, Withdraw(request_id, [[client_id, t] for t in task_ids]))
@@ -393,8 +393,10 @@ class Broker:
         else:
             pending = self._cancels.get(news.request_id)
             asked = pending.waiting.pop(worker_id, None) if pending is not None else None
-            if asked is None:  # its client has gone meanwhile, or a bogus reply
-                self.state.withdraw(worker_id, news.tasks, requeue=True)
+            if asked is None:  # for idle workers; or its client has gone meanwhile
+                taken = self.state.withdraw(worker_id, news.tasks, requeue=True)
+                log.debug("worker %s gave back %d task(s) for idle workers", worker_id.hex(),
+                          len(taken))
             else:
                 mine = {(pending.client_id, task_id) for task_id in asked}
                 taken = self.state.withdraw(
@@ -533,6 +535,12 @@ class Broker:
                 task.dispatched = now
                 latency.observe(now - task.submitted)
             self._send(assignment.worker_id, Dispatch(rows, inits), payload)
+        # Tasks waiting on busy workers while others have nothing to do: ask
+        # for them back. The reply's id matches no cancel, so they are requeued.
+        for worker_id, keys in self.state.to_steal():
+            log.debug("asking worker %s back for up to %d waiting task(s): other workers "
+                      "are idle", worker_id.hex(), len(keys))
+            self._send(worker_id, Withdraw(next(self._withdraw_ids), [list(key) for key in keys]))
 
     def _flush(self) -> None:
         outgoing, self._outgoing = self._outgoing, {}

@@ -105,6 +105,9 @@ class BrokerState:
         self.clients: dict[bytes, Client] = {}
         # Workers with credit, oldest first; a dict is an ordered set.
         self.ready: dict[bytes, None] = {}
+        # Workers given more tasks than they have threads, so some may wait
+        # there (prefetched), oldest first; checked when others run dry.
+        self.holders: dict[bytes, None] = {}
 
     @property
     def queued(self) -> dict[TaskKey, Task]:
@@ -185,6 +188,7 @@ class BrokerState:
     def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True) -> None:
         worker = self.workers.pop(worker_id)
         self.ready.pop(worker_id, None)
+        self.holders.pop(worker_id, None)
         expired.workers.append(worker_id)
         # Requeue at the front, keeping their original order. A worker runs its
         # tasks in the order given, so only those it said it started, and the
@@ -314,6 +318,39 @@ class BrokerState:
             assignment.tasks.append(task)
             taken += 1
         worker.credit -= taken
+        if len(worker.in_flight) > worker.threads:
+            self.holders[worker.worker_id] = None
+
+    def to_steal(self) -> list[tuple[bytes, list]]:
+        """With the queue empty and threads free on workers with credit, the
+        tasks that other workers may hold waiting: (worker id, keys) to ask
+        back, from as many workers as it takes to cover the free threads.
+
+        Keys are those the worker has not said it started; it gives back only
+        those still waiting. Costs nothing per task: it runs only when the
+        queue is empty and some worker was given more tasks than threads.
+        """
+        if self.queued_count or not self.holders or not self.ready:
+            return []
+        workers = self.workers
+        free = 0
+        for worker_id in self.ready:
+            worker = workers[worker_id]
+            if not worker.isolating:
+                free += max(0, worker.threads - len(worker.in_flight))
+        found = []
+        while free > 0 and self.holders:
+            worker_id = next(iter(self.holders))
+            del self.holders[worker_id]
+            worker = workers[worker_id]
+            waiting = len(worker.in_flight) - worker.threads
+            if waiting <= 0 or worker.draining:
+                continue  # its tasks run now; a draining worker gives them back itself
+            keys = [key for key, task in worker.in_flight.items() if not task.started]
+            if keys:
+                found.append((worker_id, keys))
+                free -= waiting
+        return found
 
     def started(self, worker_id: bytes, key: TaskKey) -> bool:
         """Note that a worker started a task; False if it does not hold it (the

@@ -80,6 +80,31 @@ def test_tasks_behind_a_long_one_are_given_back_to_idle_workers(cluster, tmp_pat
         assert isinstance(blocker.result(timeout=30), int)
 
 
+def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
+        programs, cluster, tmp_path, gate):
+    """Once tasks take more than a few ms, a worker holds one waiting behind its
+    running one (as ProcessPoolExecutor keeps a call queued); the broker asks
+    for it back when its queue is empty and another worker has nothing to do."""
+    from broker.status import query
+    address = cluster(1)
+    marks = [str(tmp_path / f"started-{i}") for i in (1, 2)]
+    with client.Executor(address) as ex:
+        assert list(ex.map(helpers.sleep_and_return, [0.02] * 5, range(5))) == list(range(5))
+        first = ex.submit(helpers.touch_then_wait, marks[0], gate)
+        second = ex.submit(helpers.touch_then_wait, marks[1], gate)
+        wait_until(lambda: [w["held"] for w in query(address, None, 5)["workers"]] == [2], 30,
+                   what="the worker to hold both tasks")
+        programs.worker(address, "--path", REPO)
+        # Left where it was, it would wait for the first one to end.
+        wait_until(lambda: os.path.exists(marks[1]), 30, what="the second task to start")
+        assert not first.done()
+        with open(marks[0]) as a, open(marks[1]) as b:
+            assert a.read() != b.read(), "both ran on the same worker"
+        helpers.touch(gate)
+        first.result(timeout=30)
+        second.result(timeout=30)
+
+
 def test_prefetched_tasks_of_a_killed_worker_run_once_elsewhere(cluster, tmp_path):
     import signal
     address = cluster(2)

@@ -729,3 +729,65 @@ def test_workers_holding_a_gone_clients_initializer_are_told_to_forget_it():
     state.remove_client(C2)  # no initializer: nothing to forget
     assert {w.worker_id: w.forget for w in state.workers.values()} == {
         W1: [C1] if W1 in holders else [], W2: [C1] if W2 in holders else []}
+
+
+# -- asking back tasks that wait on busy workers -----------------------------------
+
+def test_a_task_waiting_on_a_busy_worker_is_asked_back_when_another_runs_dry():
+    state = make_state()
+    submit_all(state, C1, range(2))
+    state.add_worker(W1, 2, now=0.0, threads=1)  # one thread, one task held waiting
+    state.assign()
+    state.started(W1, (C1, 0))
+    assert state.to_steal() == []  # nobody else wants work
+    state.add_worker(W2, 1, now=0.0, threads=1)
+    assert state.assign() == []
+    assert state.to_steal() == [(W1, [(C1, 1)])]
+    assert state.to_steal() == []  # asked once, until it is given more again
+    assert state.withdraw(W1, [[C1, 1]], requeue=True) == [(C1, 1)]
+    [assignment] = state.assign()
+    assert assignment.worker_id == W2 and ids(assignment) == [1]
+
+
+def test_nothing_is_asked_back_while_tasks_are_queued():
+    state = make_state()
+    submit_all(state, C1, range(4))
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.assign()
+    state.add_worker(W2, 1, now=0.0, threads=1)  # the queue still has work for it
+    assert state.to_steal() == []
+
+
+def test_nothing_is_asked_back_for_a_worker_whose_threads_are_all_busy():
+    state = make_state()
+    submit_all(state, C1, range(3))
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.add_worker(W2, 1, now=0.0, threads=1)
+    state.assign()
+    state.add_credit(W2, 1)  # credit for a task to wait there: not a free thread
+    assert state.clients[C1].queued == 0
+    assert state.to_steal() == []
+
+
+def test_a_holder_whose_tasks_all_run_is_not_asked():
+    state = make_state()
+    submit_all(state, C1, range(2))
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.assign()
+    state.finish(W1, (C1, 0))  # the waiting one runs now
+    state.add_worker(W2, 1, now=0.0, threads=1)
+    assert state.to_steal() == []
+    assert not state.holders
+
+
+def test_only_as_many_holders_are_asked_as_threads_are_free():
+    state = make_state()
+    submit_all(state, C1, range(4))
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.add_worker(W2, 2, now=0.0, threads=1)
+    assert by_worker(state.assign()) == {W1: [0, 1], W2: [2, 3]}
+    state.add_worker(W3, 1, now=0.0, threads=1)
+    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]  # it gives back what still waits
+    state.add_credit(W3, 1)  # a second free thread asks the other holder
+    state.workers[W3].threads = 2
+    assert state.to_steal() == [(W2, [(C1, 2), (C1, 3)])]

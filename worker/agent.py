@@ -14,9 +14,13 @@ loop, so heartbeats and other results keep flowing.
 Prefetch: while tasks are short (a few milliseconds), a broker round trip
 between two tasks would leave the threads idle most of the time, so the
 worker asks for more tasks than it has threads, enough for a couple of
-milliseconds of work each. Tasks waiting here behind long-running ones are
-given back for other workers to run, and a cancel reaches them here too
-(the broker asks with WITHDRAW), so prefetching changes no semantics.
+milliseconds of work each. Longer tasks still lose a round trip each (about
+1 ms on a loaded machine: 10% of a 10 ms task), so the worker then holds one
+task waiting, as ProcessPoolExecutor keeps one call queued. Tasks waiting here
+never hold up the pool: short ones stuck behind a long one are given back
+unasked, and the broker asks for waiting tasks back (WITHDRAW) when its queue
+is empty and another worker has a thread with nothing to do; a cancel reaches
+them the same way. So prefetching changes no semantics.
 
 Lending the socket: with one thread, the loop's hand-off of a lone task to
 the task thread costs about 45 us of a 500 us round trip here (a wake, and the
@@ -65,6 +69,8 @@ PREFETCH_BELOW = 0.005
 # ...about this much work per thread, in tasks at most PREFETCH_MAX per thread.
 PREFETCH_SPAN = 0.002
 PREFETCH_MAX = 32
+# Tasks held waiting on the worker (not per thread) while tasks are longer.
+PREFETCH_LONG = 1
 # Tasks waiting behind threads that have all been busy this long go back to the broker.
 GIVE_BACK_AFTER = 0.02
 # While tasks handed to the runner have not been reported started or done, the
@@ -187,7 +193,7 @@ class Agent:
             timeout = max(0.0, next_chore - time.monotonic())
             if self._unreported:
                 timeout = min(timeout, START_REPORT_AFTER)
-            if self._runner.waiting or self._lent:
+            if self._lent or (self._runner.waiting and self._short_tasks()):
                 timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
             events = self._turn.poll(lent_poller if self._lent else poller, self._socket,
                                      timeout * 1000)
@@ -379,11 +385,16 @@ class Agent:
         self._outstanding += grant
         return grant
 
+    def _short_tasks(self) -> bool:
+        return self._task_time is not None and self._task_time <= PREFETCH_BELOW
+
     def _prefetch(self) -> int:
-        if self._task_time is None or self._task_time > PREFETCH_BELOW:
+        if self._task_time is None:
             return 0
+        if not self._short_tasks():
+            return PREFETCH_LONG
         if self._all_busy_since() is not None:
-            return 0  # long tasks occupy every thread now
+            return 0  # long tasks occupy every thread now: short ones would be stuck here
         per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(self._task_time, 1e-6)))
         return self.threads * per_thread
 
@@ -397,8 +408,10 @@ class Agent:
         return youngest if time.monotonic() - youngest >= GIVE_BACK_AFTER else None
 
     def _give_back_waiting(self) -> None:
-        """Tasks waiting here behind long ones: let other workers run them."""
-        if self._runner.waiting and self._all_busy_since() is not None:
+        """Short tasks stuck here behind long ones: let other workers run them.
+        (The one held while tasks are long waits to be asked: it would only
+        come straight back, and the broker asks when another worker idles.)"""
+        if self._runner.waiting and self._short_tasks() and self._all_busy_since() is not None:
             log.debug("giving back %d task(s) waiting behind long ones",
                       len(self._runner.waiting))
             self._give_back(0, list(self._runner.waiting))
