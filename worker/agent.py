@@ -417,10 +417,11 @@ class Agent:
             self._give_back(0, list(self._runner.waiting))
 
     def _task_finished(self) -> None:
-        """From a runner thread, after a result: with nothing queued behind it,
-        send it now if the loop is asleep; else let the loop batch it. Then,
-        with one thread and nothing else to do, watch the socket for the loop."""
-        if not self._runner.waiting and self._turn.try_take():
+        """From a runner thread, after a result: send it now if the loop is
+        asleep, unless short tasks are queued behind it (the loop batches
+        those results). Then, with one thread and nothing else to do, watch
+        the socket for the loop."""
+        if (not self._runner.waiting or not self._short_tasks()) and self._turn.try_take():
             try:
                 if self._socket is not None:
                     self._send_results()

@@ -18,6 +18,7 @@ log = logging.getLogger("zeropool.worker")
 
 # Characters of task output per event: one event always fits a message.
 OUTPUT_CHUNK = 1 << 13
+_STOP = object()  # Runner._next: the threads are told to stop
 
 
 class Runner:
@@ -79,7 +80,31 @@ class Runner:
             thread.join(timeout)
 
     def _loop(self) -> None:
-        while (item := self._tasks.get()) is not None:
+        task = self._next(block=True)
+        while task is not _STOP:
+            self._execute(*task)
+            # The next task, if one waits, starts before this result is told:
+            # a result sent at once then says so too, and the I/O loop need
+            # not wake to report that start on its own.
+            task = self._next(block=False)
+            try:
+                self._finished()
+            except Exception:  # this thread must live on: the loop sends it instead
+                log.exception("sending a result from its thread failed")
+                self._notify()
+            if task is None:
+                task = self._next(block=True)
+
+    def _next(self, block: bool):
+        """The next task as (key, frames, start), marked started; None if none
+        waits (not blocking), _STOP when told to stop."""
+        while True:
+            try:
+                item = self._tasks.get(block)
+            except queue.Empty:
+                return None
+            if item is None:
+                return _STOP
             key, frames = item
             with self._start_lock:
                 if self._withdrawn[key]:
@@ -89,24 +114,20 @@ class Runner:
                     continue
                 self.waiting.discard(key)
                 start = self.running[key] = time.monotonic()
-            self._execute(key, frames, start)
-            try:
-                self._finished()
-            except Exception:  # this thread must live on: the loop sends it instead
-                log.exception("sending a result from its thread failed")
-                self._notify()
+            # No wake for this: the I/O loop reports starts on its own
+            # schedule (worker.agent.START_REPORT_AFTER), or with a result.
+            self.events.append(("started", key))
+            return key, frames, start
 
     def run_here(self, key: tuple, frames: list) -> None:
         """Run a task on the calling thread (one of ours, lent the socket by
         the I/O loop), with the events a queued task makes; never raises."""
         with self._start_lock:
             start = self.running[key] = time.monotonic()
+        self.events.append(("started", key))
         self._execute(key, frames, start)
 
     def _execute(self, key: tuple, frames: list, start: float) -> None:
-        # No wake for this: the I/O loop reports starts on its own
-        # schedule (worker.agent.START_REPORT_AFTER).
-        self.events.append(("started", key))
         output.running(key)
         try:
             status, out = self.run(key[0], frames)
