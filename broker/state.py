@@ -108,6 +108,9 @@ class BrokerState:
         # Workers given more tasks than they have threads, so some may wait
         # there (prefetched), oldest first; checked when others run dry.
         self.holders: dict[bytes, None] = {}
+        # Whether credit, holders or tasks on workers changed since to_steal
+        # last looked: it scans the ready workers, so it looks again only then.
+        self._steal_due = False
 
     @property
     def queued(self) -> dict[TaskKey, Task]:
@@ -135,6 +138,7 @@ class BrokerState:
                                                   threads or credit)
         if credit:
             self.ready[worker_id] = None
+            self._steal_due = True
         return worker, expired
 
     def seen(self, peer_id: bytes, now: float) -> None:
@@ -253,6 +257,7 @@ class BrokerState:
         worker.credit += credit
         if worker.credit > 0:
             self.ready[worker_id] = None
+            self._steal_due = True
 
     def drop_credit(self, worker_id: bytes) -> None:
         """The worker takes back the credit it offered and the broker has not used."""
@@ -320,6 +325,7 @@ class BrokerState:
         worker.credit -= taken
         if len(worker.in_flight) > worker.threads:
             self.holders[worker.worker_id] = None
+            self._steal_due = True
 
     def to_steal(self) -> list[tuple[bytes, list]]:
         """With the queue empty and threads free on workers with credit, the
@@ -327,11 +333,13 @@ class BrokerState:
         back, from as many workers as it takes to cover the free threads.
 
         Keys are those the worker has not said it started; it gives back only
-        those still waiting. Costs nothing per task: it runs only when the
-        queue is empty and some worker was given more tasks than threads.
+        those still waiting. Costs nothing per task: it looks only when the
+        queue is empty, some worker was given more tasks than threads, and
+        credit, holders or tasks on workers changed since it last looked.
         """
-        if self.queued_count or not self.holders or not self.ready:
+        if self.queued_count or not self.holders or not self.ready or not self._steal_due:
             return []
+        self._steal_due = False
         workers = self.workers
         free = 0
         for worker_id in self.ready:
@@ -383,6 +391,7 @@ class BrokerState:
             del self.in_flight[key]
             task = worker.in_flight.pop(key)
             worker.isolating = False
+            self._steal_due = True
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
@@ -404,6 +413,7 @@ class BrokerState:
         task = worker.in_flight.pop(key)
         worker.isolating = False
         worker.done += 1
+        self._steal_due = True  # a thread of its may be free now
         client = self.clients.get(task.client_id)
         if client is None:
             return None

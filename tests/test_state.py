@@ -791,3 +791,14 @@ def test_only_as_many_holders_are_asked_as_threads_are_free():
     state.add_credit(W3, 1)  # a second free thread asks the other holder
     state.workers[W3].threads = 2
     assert state.to_steal() == [(W2, [(C1, 2), (C1, 3)])]
+
+
+def test_a_thread_freed_by_a_result_without_credit_still_gets_waiting_tasks():
+    state = make_state()
+    submit_all(state, C1, range(3))
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.add_worker(W2, 2, now=0.0, threads=1)
+    assert by_worker(state.assign()) == {W1: [0, 1], W2: [2]}
+    assert state.to_steal() == []  # W2's thread is busy: it only has credit to spare
+    state.finish(W2, (C1, 2))  # its result came with no new credit: it had enough
+    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
