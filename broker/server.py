@@ -450,6 +450,8 @@ class Broker:
         stats = self.stats
         for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
             if self.state.in_flight.get((client_id, task_id)) != worker_id:
+                if self.state.finish_orphan(worker_id, (client_id, task_id)):
+                    continue  # its client has gone
                 self._note(worker_id, f"a result for task {task_id} of client "
                            f"{client_id.hex()}, which it was not given; dropped")
                 continue
@@ -532,8 +534,9 @@ class Broker:
                 rows.append([task.client_id, task.task_id, nframes, inline])
                 payload.extend(frames)
                 size += len(inline) + 16
+                if not task.dispatched:  # once a task: it may go out again, asked back
+                    latency.observe(now - task.submitted)
                 task.dispatched = now
-                latency.observe(now - task.submitted)
             self._send(assignment.worker_id, Dispatch(rows, inits), payload)
         # Tasks waiting on busy workers while others have nothing to do: ask
         # for them back. The reply's id matches no cancel, so they are requeued.

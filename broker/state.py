@@ -53,6 +53,13 @@ class Worker:
     failed: int = 0  # of those done, how many raised
     draining: bool = False
     isolating: bool = False  # it holds a suspect task, and nothing else
+    # Tasks of clients that have gone, which it still runs (or holds) until
+    # their results come: they take its threads as much as its own tasks do.
+    orphans: set = field(default_factory=set)
+
+    @property
+    def occupied(self) -> int:
+        return len(self.in_flight) + len(self.orphans)
 
 
 @dataclass(slots=True, eq=False)
@@ -172,7 +179,9 @@ class BrokerState:
         # Its running tasks are forgotten too: their results are dropped, and a
         # client that comes back under the same id starts afresh.
         for key in [k for k in self.in_flight if k[0] == client_id]:
-            self.workers[self.in_flight.pop(key)].in_flight.pop(key)
+            worker = self.workers[self.in_flight.pop(key)]
+            worker.in_flight.pop(key)
+            worker.orphans.add(key)
         for worker in self.workers.values():
             if client_id in worker.inits_sent:
                 worker.inits_sent.discard(client_id)
@@ -282,7 +291,13 @@ class BrokerState:
         assignments: dict[bytes, Assignment] = {}
         while self.queued_count and self.ready:
             before = self.queued_count
-            workers = list(self.ready)
+            # Workers with a free thread first: a task given to a busy one
+            # would wait there (and be asked back for the idle one).
+            workers = [w for w in self.ready
+                       if self.workers[w].occupied < self.workers[w].threads]
+            if len(workers) < len(self.ready):
+                free = set(workers)
+                workers += [w for w in self.ready if w not in free]
             self.ready.clear()
             share = math.ceil(self.queued_count / len(workers))
             for worker_id in workers:
@@ -323,7 +338,7 @@ class BrokerState:
             assignment.tasks.append(task)
             taken += 1
         worker.credit -= taken
-        if len(worker.in_flight) > worker.threads:
+        if worker.occupied > worker.threads:
             self.holders[worker.worker_id] = None
             self._steal_due = True
 
@@ -345,13 +360,13 @@ class BrokerState:
         for worker_id in self.ready:
             worker = workers[worker_id]
             if not worker.isolating:
-                free += max(0, worker.threads - len(worker.in_flight))
+                free += max(0, worker.threads - worker.occupied)
         found = []
         while free > 0 and self.holders:
             worker_id = next(iter(self.holders))
             del self.holders[worker_id]
             worker = workers[worker_id]
-            waiting = len(worker.in_flight) - worker.threads
+            waiting = worker.occupied - worker.threads
             if waiting <= 0 or worker.draining:
                 continue  # its tasks run now; a draining worker gives them back itself
             keys = [key for key, task in worker.in_flight.items() if not task.started]
@@ -387,6 +402,7 @@ class BrokerState:
         for key in keys:
             key = tuple(key)
             if self.in_flight.get(key) != worker_id:
+                worker.orphans.discard(key)  # it will not run it now
                 continue
             del self.in_flight[key]
             task = worker.in_flight.pop(key)
@@ -403,6 +419,16 @@ class BrokerState:
                 self.clients[task.client_id].waiting[task.task_id] = task
                 self.queued_count += 1
         return [task.key for task in taken]
+
+    def finish_orphan(self, worker_id: bytes, key: TaskKey) -> bool:
+        """A result for a task of a gone client: True if this worker ran one
+        (its thread is free now; the result goes nowhere)."""
+        worker = self.workers[worker_id]
+        if key not in worker.orphans:
+            return False
+        worker.orphans.discard(key)
+        self._steal_due = True
+        return True
 
     def finish(self, worker_id: bytes, key: TaskKey) -> Task | None:
         """Take a finished task off its worker; None if that worker never held it."""

@@ -96,7 +96,8 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
                    what="the worker to hold both tasks")
         programs.worker(address, "--path", REPO)
         # Left where it was, it would wait for the first one to end.
-        wait_until(lambda: os.path.exists(marks[1]), 30, what="the second task to start")
+        wait_until(lambda: all(os.path.exists(m) and os.path.getsize(m) for m in marks), 30,
+                   what="the second task to start")
         assert not first.done()
         with open(marks[0]) as a, open(marks[1]) as b:
             assert a.read() != b.read(), "both ran on the same worker"

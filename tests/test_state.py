@@ -802,3 +802,31 @@ def test_a_thread_freed_by_a_result_without_credit_still_gets_waiting_tasks():
     assert state.to_steal() == []  # W2's thread is busy: it only has credit to spare
     state.finish(W2, (C1, 2))  # its result came with no new credit: it had enough
     assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
+
+
+def test_a_task_asked_back_goes_to_the_idle_worker_not_back_to_the_busy_one():
+    state = make_state()
+    submit_all(state, C1, range(2))
+    state.add_worker(W1, 3, now=0.0, threads=1)  # credit to spare, from shorter tasks
+    state.assign()
+    state.add_worker(W2, 1, now=0.0, threads=1)
+    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
+    state.withdraw(W1, [[C1, 1]], requeue=True)  # 0 runs there already
+    state.add_credit(W1, 1)
+    [assignment] = state.assign()
+    assert assignment.worker_id == W2 and ids(assignment) == [1]
+
+
+def test_a_gone_clients_task_still_takes_its_workers_thread():
+    state = make_state(C1, C2)
+    submit_all(state, C2, [7])
+    state.add_worker(W1, 2, now=0.0, threads=1)
+    state.assign()
+    state.remove_client(C2)  # its task runs on, orphaned
+    submit_all(state, C1, [0])
+    assert by_worker(state.assign()) == {W1: [0]}  # the only worker with credit
+    state.add_worker(W2, 1, now=0.0, threads=1)
+    assert state.to_steal() == [(W1, [(C1, 0)])]  # it waits behind the orphan
+    assert state.finish_orphan(W1, (C2, 7))
+    assert not state.finish_orphan(W1, (C2, 7))
+    assert state.workers[W1].occupied == 1

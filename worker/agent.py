@@ -6,10 +6,11 @@
 The loop polls the socket, the runner's waker and a signal pipe. Each pass
 reads every waiting message, then sends one RESULTS with everything the
 threads finished (and started) since the last pass, with credit for the
-tasks it can take next. Only a thread that finishes a task with nothing
-queued behind it sends its result itself, while the loop sleeps
-(protocol.sockets.SocketTurn). A task that runs for minutes never stalls this
-loop, so heartbeats and other results keep flowing.
+tasks it can take next. A thread that finishes a task sends its result
+itself while the loop sleeps (protocol.sockets.SocketTurn), unless short
+tasks are queued behind it: the loop batches their results. A task that
+runs for minutes never stalls this loop, so heartbeats and other results
+keep flowing.
 
 Prefetch: while tasks are short (a few milliseconds), a broker round trip
 between two tasks would leave the threads idle most of the time, so the
