@@ -465,7 +465,7 @@ class Broker:
             else:
                 stats.failed += 1
                 self.state.workers[worker_id].failed += 1
-            stats.task_duration.observe(now - task.dispatched)
+            stats.task_duration.observe(now - task.time)
             out = self._outgoing_for(client_id)
             nframes, inline, frames = pack_payload(frames)
             out.results.append([task_id, status, nframes, inline])
@@ -534,9 +534,9 @@ class Broker:
                 rows.append([task.client_id, task.task_id, nframes, inline])
                 payload.extend(frames)
                 size += len(inline) + 16
-                if not task.dispatched:  # once a task: it may go out again, asked back
-                    latency.observe(now - task.submitted)
-                task.dispatched = now
+                queued = task.dispatch(now)
+                if queued is not None:
+                    latency.observe(queued)
             self._send(assignment.worker_id, Dispatch(rows, inits), payload)
         # Tasks waiting on busy workers while others have nothing to do: ask
         # for them back. The reply's id matches no cancel, so they are requeued.

@@ -16,8 +16,15 @@ from dataclasses import dataclass, field
 TaskKey = tuple  # (client_id: bytes, task_id: int)
 
 
+_STARTED, _SUSPECT, _DISPATCHED = 1, 2, 4  # Task.flags
+
+
 @dataclass(slots=True, eq=False)
 class Task:
+    """A task in the broker. Six slots, not eight: a million of them are
+    queued at once in the benchmark, and each slot costs 8 MB there (two,
+    16 MB, once the allocator rounds the object up to 16 bytes)."""
+
     client_id: bytes
     task_id: int
     # Its payload: one bytes object (small, inline on the wire) or a list of frames.
@@ -25,17 +32,43 @@ class Task:
     # Workers this task was in flight on when they died (for the poison rule);
     # a tuple, so that the million tasks that never lose one share the empty one.
     lost_on: tuple = ()
-    # monotonic times, for the metrics; one float object is shared by a whole batch.
-    submitted: float = 0.0
-    dispatched: float = 0.0
-    started: bool = False  # its worker said so (tasks may wait on a worker, prefetched)
-    # It was on a worker that died: it runs alone on a worker until it finishes,
-    # so that a task that kills its workers is told apart from its neighbours.
-    suspect: bool = False
+    # For the metrics, a monotonic time: when it was submitted until a worker
+    # first gets it, then when it was last dispatched. One float object is
+    # shared by a whole batch.
+    time: float = 0.0
+    flags: int = 0
 
     @property
     def key(self) -> TaskKey:
         return (self.client_id, self.task_id)
+
+    @property
+    def started(self) -> bool:
+        """Its worker said so (tasks may wait on a worker, prefetched)."""
+        return bool(self.flags & _STARTED)
+
+    @started.setter
+    def started(self, value: bool) -> None:
+        self.flags = self.flags | _STARTED if value else self.flags & ~_STARTED
+
+    @property
+    def suspect(self) -> bool:
+        """It was on a worker that died: it runs alone on a worker until it
+        finishes, so that a task that kills its workers is told apart from its
+        neighbours."""
+        return bool(self.flags & _SUSPECT)
+
+    @suspect.setter
+    def suspect(self, value: bool) -> None:
+        self.flags = self.flags | _SUSPECT if value else self.flags & ~_SUSPECT
+
+    def dispatch(self, now: float) -> float | None:
+        """Note that it goes to a worker now; the time it was queued if this
+        is the first time (it may go out again, asked back or requeued)."""
+        queued = None if self.flags & _DISPATCHED else now - self.time
+        self.flags |= _DISPATCHED
+        self.time = now
+        return queued
 
 
 @dataclass(slots=True, eq=False)
@@ -239,7 +272,7 @@ class BrokerState:
         client = self.clients[client_id]
         if task_id in client.waiting or (client_id, task_id) in self.in_flight:
             return False
-        task = Task(client_id, task_id, frames, submitted=now)
+        task = Task(client_id, task_id, frames, time=now)
         self.queue.append(task)
         client.waiting[task_id] = task
         self.queued_count += 1
