@@ -326,11 +326,11 @@ class BrokerState:
             before = self.queued_count
             # Workers with a free thread first: a task given to a busy one
             # would wait there (and be asked back for the idle one).
-            workers = [w for w in self.ready
-                       if self.workers[w].occupied < self.workers[w].threads]
-            if len(workers) < len(self.ready):
-                free = set(workers)
-                workers += [w for w in self.ready if w not in free]
+            free, busy = [], []
+            for worker_id in self.ready:
+                worker = self.workers[worker_id]
+                (free if worker.occupied < worker.threads else busy).append(worker_id)
+            workers = free + busy
             self.ready.clear()
             share = math.ceil(self.queued_count / len(workers))
             for worker_id in workers:
