@@ -37,6 +37,9 @@ WORKERS = 2
 PPE = "ProcessPoolExecutor"
 # Not a pool: the transport alone (bench/relay.py), for the round trip and bandwidth rows.
 RELAY = "pyzmq relay"
+# Not a peer either: threads in this process, no pickling, no sockets. What
+# concurrent.futures itself costs, for the rows where per-task overhead rules.
+THREADS = "ThreadPoolExecutor"
 # Pools that run the queued workloads (see the module docstring).
 QUEUED_POOLS = ("zeropool", PPE)
 
@@ -205,6 +208,20 @@ def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> di
                 ex, array, tasks.nbytes, tasks.make_array, size, repeat))
     finally:
         ex.shutdown()
+    return result
+
+
+def measure_threads(sizes: dict, repeats: int) -> dict:
+    """The per-task rows on an in-process ThreadPoolExecutor of as many threads."""
+    result: dict = {}
+    with cf.ThreadPoolExecutor(WORKERS) as ex:
+        ex.submit(tasks.noop).result()
+        result["noop_tasks_per_s"] = statistics.median(
+            noop_throughput(ex, sizes["noop"]) for _ in range(repeats))
+        result["map_items_per_s"] = statistics.median(
+            map_throughput(ex, sizes["map_unchunked"], 1) for _ in range(repeats))
+        result["p50_us"], result["p99_us"] = medians(
+            repeats, lambda: latency(ex, sizes["latency"]))
     return result
 
 
@@ -418,13 +435,17 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 1 if args.quick else 3
     about = machine(sizes)  # the load average before this run adds its own
     results = {}
-    # The relay first: after Dask has run in this process, whatever it leaves
-    # running here cut the relay's bandwidth from about 2 to 0.7 GB/s.
+    # The references first: after Dask has run in this process, whatever it
+    # leaves running here cut the relay's bandwidth from about 2 to 0.7 GB/s,
+    # and its threads would compete with the thread pool's.
     if not args.only or RELAY in args.only:
         print(f"measuring {RELAY} ...", file=sys.stderr, flush=True)
         runs = [relay.measure(sizes["latency"], sizes["payload"], sizes["payload_repeat"])
                 for _ in range(repeats)]
         relay_result = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+    if not args.only or THREADS in args.only:
+        print(f"measuring {THREADS} ...", file=sys.stderr, flush=True)
+        threads_result = measure_threads(sizes, repeats)
     for name, factory in pools().items():
         if args.only and name not in args.only:
             continue
@@ -432,8 +453,11 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = measure(factory, sizes, repeats)
         if name in QUEUED_POOLS:
             results[name].update(measure_queued(name, sizes))
+    # The references' columns last.
+    if not args.only or THREADS in args.only:
+        results[THREADS] = threads_result
     if not args.only or RELAY in args.only:
-        results[RELAY] = relay_result  # its column last
+        results[RELAY] = relay_result
     targets = verdicts(results)
     table = markdown(results, sizes, targets)
     print(table)
@@ -456,7 +480,10 @@ def main(argv: list[str] | None = None) -> int:
                 "interpreter: each figure is the median of its turns. The queued workloads run for "
                 f"zeropool and ProcessPoolExecutor only. {RELAY}: not a pool, the floor "
                 "under zeropool's round trip and bandwidth: bare pyzmq messages through "
-                "the same four hops and three processes, nothing else (bench/relay.py).\n\n"
+                "the same four hops and three processes, nothing else (bench/relay.py). "
+                f"{THREADS}: not a peer, threads in this process with no pickling and "
+                "no sockets: what concurrent.futures itself costs per call, measured "
+                "on the per-task rows only.\n\n"
                 + table + "\n")
     return 0
 

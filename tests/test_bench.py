@@ -70,3 +70,9 @@ def test_the_transport_floor_is_measured():
     assert set(floor) == {"p50_us", "p99_us", "payload_up_GBps", "payload_down_GBps"}
     assert all(math.isfinite(v) and v > 0 for v in floor.values())
     assert floor["p50_us"] <= floor["p99_us"]
+
+
+def test_the_thread_pool_reference_is_measured():
+    threads = run.measure_threads(TINY, 1)
+    assert set(threads) == {"noop_tasks_per_s", "map_items_per_s", "p50_us", "p99_us"}
+    assert all(math.isfinite(v) and v > 0 for v in threads.values())
