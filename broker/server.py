@@ -388,8 +388,8 @@ class Broker:
             # Unasked: it is busy with long tasks and takes back its unused credit.
             self.state.drop_credit(worker_id)
             taken = self.state.withdraw(worker_id, news.tasks, requeue=True)
-            log.debug("worker %s gave back %d task(s) waiting behind long ones",
-                      worker_id.hex(), len(taken))
+            log.debug("worker %s took back its unused credit and gave back %d task(s) "
+                      "waiting behind long ones", worker_id.hex(), len(taken))
         else:
             pending = self._cancels.get(news.request_id)
             asked = pending.waiting.pop(worker_id, None) if pending is not None else None

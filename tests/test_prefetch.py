@@ -21,6 +21,7 @@ from protocol.payload import dumps_call, dumps_result
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
+from worker.agent import PREFETCH_BELOW, TASK_TIME_SAMPLES, typical
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -104,6 +105,33 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
         helpers.touch(gate)
         first.result(timeout=30)
         second.result(timeout=30)
+
+
+def test_how_long_tasks_take_ignores_a_lone_slow_one():
+    short, slow = 50e-6, 0.03
+    assert typical([short] * (TASK_TIME_SAMPLES - 1) + [slow]) <= PREFETCH_BELOW
+    assert typical([short, slow, short, slow, short][:TASK_TIME_SAMPLES]) <= PREFETCH_BELOW
+    assert typical([short] * 2 + [slow] * 3) > PREFETCH_BELOW
+    assert typical([slow]) > PREFETCH_BELOW and typical([short, slow]) <= PREFETCH_BELOW
+
+
+def test_a_worker_whose_tasks_turn_long_holds_one_task_not_a_short_tasks_prefetch(
+        cluster, tmp_path, gate):
+    from broker.status import query
+    address = cluster(1)
+    with client.Executor(address) as ex:
+        warm_up(ex)  # it offers credit for dozens of short tasks
+        assert list(ex.map(helpers.sleep_and_return, [0.02] * 5, range(5))) == list(range(5))
+        futures = [ex.submit(helpers.touch_then_wait, str(tmp_path / f"started-{i}"), gate)
+                   for i in range(10)]
+        wait_until(lambda: os.path.exists(tmp_path / "started-0"), 30, what="the first task")
+        # Its spare credit taken back, one runs, one waits there, the rest at the broker.
+        wait_until(lambda: query(address, None, 5)["queued"] == 8, 30,
+                   what="eight tasks queued at the broker")
+        assert [w["held"] for w in query(address, None, 5)["workers"]] == [2]
+        helpers.touch(gate)
+        for future in futures:
+            future.result(timeout=30)
 
 
 def test_prefetched_tasks_of_a_killed_worker_run_once_elsewhere(cluster, tmp_path):

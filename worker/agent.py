@@ -17,7 +17,8 @@ between two tasks would leave the threads idle most of the time, so the
 worker asks for more tasks than it has threads, enough for a couple of
 milliseconds of work each. Longer tasks still lose a round trip each (about
 1 ms on a loaded machine: 10% of a 10 ms task), so the worker then holds one
-task waiting, as ProcessPoolExecutor keeps one call queued. Tasks waiting here
+task waiting, as ProcessPoolExecutor keeps one call queued, and takes back the
+spare credit it offered while they were short. Tasks waiting here
 never hold up the pool: short ones stuck behind a long one are given back
 unasked, and the broker asks for waiting tasks back (WITHDRAW) when its queue
 is empty and another worker has a thread with nothing to do; a cancel reaches
@@ -37,6 +38,7 @@ with a delay that doubles up to a cap, and offers the slots it has free.
 """
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import math
@@ -72,6 +74,9 @@ PREFETCH_SPAN = 0.002
 PREFETCH_MAX = 32
 # Tasks held waiting on the worker (not per thread) while tasks are longer.
 PREFETCH_LONG = 1
+# How long tasks take is the median of the last few: one task preempted for
+# 30 ms among 50 us ones must not make the worker shed its prefetch.
+TASK_TIME_SAMPLES = 5
 # Tasks waiting behind threads that have all been busy this long go back to the broker.
 GIVE_BACK_AFTER = 0.02
 # While tasks handed to the runner have not been reported started or done, the
@@ -82,6 +87,12 @@ START_REPORT_AFTER = 0.001
 # The loop takes a lent socket back after this long without a task, so that
 # an idle worker's loop stops waking every GIVE_BACK_AFTER.
 LEND_IDLE = 1.0
+
+
+def typical(seconds) -> float:
+    """How long tasks take: the (lower) median of recent run times."""
+    ordered = sorted(seconds)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 class Exit(enum.IntEnum):
@@ -134,7 +145,8 @@ class Agent:
         self._forgetting: set[bytes] = set()
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
         self._outstanding = 0  # credit the broker has not used yet
-        self._task_time: float | None = None  # moving average of task run times
+        self._task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
+        self._task_time: float | None = None  # their median
         self._draining = False
         self._drain_confirmed = False
         self._stop_now = False
@@ -417,6 +429,16 @@ class Agent:
                       len(self._runner.waiting))
             self._give_back(0, list(self._runner.waiting))
 
+    def _shed_credit(self) -> None:
+        """Credit offered while tasks were short (up to PREFETCH_MAX a thread)
+        is more than longer tasks want: take it back, or the broker would fill
+        it with tasks that wait here while other workers may idle."""
+        if self._short_tasks() or self._task_time is None or self._draining:
+            return
+        if self._outstanding > max(0, self.threads + PREFETCH_LONG - len(self._running)):
+            log.debug("tasks take longer now: taking back %d unused credit", self._outstanding)
+            self._give_back(0, [])
+
     def _task_finished(self) -> None:
         """From a runner thread, after a result: send it now if the loop is
         asleep, unless short tasks are queued behind it (the loop batches
@@ -522,8 +544,7 @@ class Agent:
                         printed.append([key[0], key[1], stream, [text]])
                 else:
                     _, key, status, frames, seconds = event
-                    average = self._task_time
-                    self._task_time = seconds if average is None else average * 0.8 + seconds * 0.2
+                    self._task_times.append(seconds)
                     started.pop(key, None)  # its result says it started
                     self._running.discard(key)
                     self._unreported.discard(key)
@@ -532,13 +553,16 @@ class Agent:
                     payload.extend(frames)
                     size += len(inline) + 16
             self._unreported.difference_update(started)
-            if self._forgetting and results:
-                self._forget_idle_clients()
+            if results:
+                self._task_time = typical(self._task_times)
+                if self._forgetting:
+                    self._forget_idle_clients()
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
             self._send(WorkerResults(results, [list(k) for k in started], credit, printed),
                        payload)
+        self._shed_credit()  # tasks may have turned long just now
 
     def _forget_idle_clients(self, news: list = ()) -> None:
         """Drop the initializers of gone clients that have no task here any more
