@@ -55,6 +55,9 @@ MAX_COMPLAINTS_PER_INTERVAL = 10
 # interval, once each: replies to a peer that never reads them would pile up
 # here without bound (there is no high-water mark).
 MAX_PEERS_ANSWERED_PER_INTERVAL = 1000
+# A task a cancel asked for may have moved meanwhile (asked back for an idle
+# worker, then sent there): the cancel follows it this many times at most.
+MAX_CANCEL_CHASES = 3
 
 
 @dataclass(slots=True)
@@ -64,7 +67,9 @@ class _PendingCancel:
     client_id: bytes
     request_id: int
     cancelled: list  # task ids
-    waiting: dict  # worker id -> task ids asked of it
+    # (WITHDRAW id, worker id) -> (when it was asked, task ids asked of it)
+    waiting: dict = field(default_factory=dict)
+    chases: int = 0
 
 
 @dataclass(slots=True)
@@ -378,10 +383,16 @@ class Broker:
             self._send(client_id, CancelReply(cancel.request_id, cancelled))
             return
         # Workers may hold some of them unstarted (prefetched): ask for them back.
+        self._ask_back(_PendingCancel(client_id, cancel.request_id, cancelled), held)
+
+    def _ask_back(self, pending: _PendingCancel, held: dict) -> None:
+        """Ask workers for the tasks of a cancel they hold unstarted (worker id -> task ids)."""
         request_id = next(self._withdraw_ids)
-        self._cancels[request_id] = _PendingCancel(client_id, cancel.request_id, cancelled, held)
+        self._cancels[request_id] = pending
+        now = time.monotonic()
         for worker_id, task_ids in held.items():
-            self._send(worker_id, Withdraw(request_id, [[client_id, t] for t in task_ids]))
+            pending.waiting[request_id, worker_id] = (now, task_ids)
+            self._send(worker_id, Withdraw(request_id, [[pending.client_id, t] for t in task_ids]))
 
     def on_withdrawn(self, worker_id: bytes, news: Withdrawn, payload: list) -> None:
         if not news.request_id:
@@ -392,12 +403,14 @@ class Broker:
                       "waiting behind long ones", worker_id.hex(), len(taken))
         else:
             pending = self._cancels.get(news.request_id)
-            asked = pending.waiting.pop(worker_id, None) if pending is not None else None
+            asked = (pending.waiting.pop((news.request_id, worker_id), None)
+                     if pending is not None else None)
             if asked is None:  # for idle workers; or its client has gone meanwhile
                 taken = self.state.withdraw(worker_id, news.tasks, requeue=True)
                 log.debug("worker %s gave back %d task(s) for idle workers", worker_id.hex(),
                           len(taken))
             else:
+                asked_at, asked = asked
                 mine = {(pending.client_id, task_id) for task_id in asked}
                 taken = self.state.withdraw(
                     worker_id, [row for row in news.tasks if tuple(row) in mine], requeue=False)
@@ -412,24 +425,37 @@ class Broker:
                     cancelled = self.state.cancel(pending.client_id, list(rest))
                     self.stats.cancelled += len(cancelled)
                     pending.cancelled.extend(cancelled)
+                    rest.difference_update(cancelled)
+                if rest and pending.chases < MAX_CANCEL_CHASES:
+                    # Or they went out again after the ask (asked back for an
+                    # idle worker, or given back unasked): this answer does not
+                    # cover them, so ask where they are now.
+                    moved = self.state.unstarted(pending.client_id, list(rest), since=asked_at)
+                    if moved:
+                        pending.chases += 1
+                        self._ask_back(pending, moved)
                 self._answer_cancel(news.request_id)
         if news.credit:
             self.state.add_credit(worker_id, news.credit)
 
     def _answer_cancel(self, request_id: int) -> None:
+        """Once no worker owes an answer to WITHDRAW ``request_id``, forget it;
+        once none owes one for its cancel at all, answer the client."""
         pending = self._cancels[request_id]
-        if not pending.waiting:
-            del self._cancels[request_id]
-            if pending.client_id in self.state.clients:
-                self._send(pending.client_id, CancelReply(pending.request_id, pending.cancelled))
+        if any(asked == request_id for asked, _ in pending.waiting):
+            return
+        del self._cancels[request_id]
+        if not pending.waiting and pending.client_id in self.state.clients:
+            self._send(pending.client_id, CancelReply(pending.request_id, pending.cancelled))
 
     def _workers_gone(self, worker_ids: list) -> None:
         """Cancels waiting on workers that are gone: their tasks are back in the
         queue (or failed), so the broker answers for them."""
+        gone = set(worker_ids)
         for request_id, pending in list(self._cancels.items()):
-            for worker_id in worker_ids:
-                task_ids = pending.waiting.pop(worker_id, None)
-                if task_ids is not None and pending.client_id in self.state.clients:
+            for key in [key for key in pending.waiting if key[0] == request_id and key[1] in gone]:
+                _, task_ids = pending.waiting.pop(key)
+                if pending.client_id in self.state.clients:
                     cancelled = self.state.cancel(pending.client_id, task_ids)
                     self.stats.cancelled += len(cancelled)
                     pending.cancelled.extend(cancelled)

@@ -416,14 +416,19 @@ class BrokerState:
         self.workers[worker_id].in_flight[key].started = True
         return True
 
-    def unstarted(self, client_id: bytes, task_ids: list) -> dict[bytes, list]:
+    def unstarted(self, client_id: bytes, task_ids: list,
+                  since: float | None = None) -> dict[bytes, list]:
         """Of these tasks, those on workers not known to have started them,
-        by worker: a worker may hold tasks it has not started (prefetched)."""
+        by worker: a worker may hold tasks it has not started (prefetched).
+        With ``since``, only those sent to their worker at or after it."""
         found: dict[bytes, list] = {}
         for task_id in task_ids:
             key = (client_id, task_id)
             worker_id = self.in_flight.get(key)
-            if worker_id is not None and not self.workers[worker_id].in_flight[key].started:
+            if worker_id is None:
+                continue
+            task = self.workers[worker_id].in_flight[key]
+            if not task.started and (since is None or task.time >= since):
                 found.setdefault(worker_id, []).append(task_id)
         return found
 

@@ -235,6 +235,59 @@ def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
         worker.close()
 
 
+def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
+    """A task waiting on a busy worker is asked back for an idle one; a cancel
+    for it reaches the busy worker after it has given the task back, and the
+    idle one has it unstarted by then: the cancel asks there too, and
+    cancel() is True."""
+    _, address = programs.broker("--liveness", "120")  # raw workers send no heartbeats
+    busy, idle = Peer(zmq.DEALER, b"raw-busy"), Peer(zmq.DEALER, b"raw-idle")
+    try:
+        busy.socket.connect(address)
+        busy.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=2, pid=1, host="raw", threads=1))
+        busy.expect(Op.WELCOME)
+        with client.Executor(address) as ex:
+            futures = [ex.submit(helpers.square, i) for i in range(2)]
+            rows = []
+            while len(rows) < 2:
+                dispatch, _, _ = busy.expect(Op.DISPATCH)
+                rows += dispatch.tasks
+            keys = [row[:2] for row in rows]
+            busy.send(WorkerResults([], [keys[0]], 0))  # runs the first, holds the second
+            wait_until(futures[0].running, 30, what="the start to reach the client")
+
+            idle.socket.connect(address)
+            idle.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=1, pid=2, host="raw",
+                            threads=1))
+            idle.expect(Op.WELCOME)
+            steal, _, _ = busy.expect(Op.WITHDRAW)  # for the idle worker
+            assert steal.tasks == [keys[1]]
+
+            answers: list = []
+            thread = threading.Thread(target=lambda: answers.append(futures[1].cancel()))
+            thread.start()
+            ask, _, _ = busy.expect(Op.WITHDRAW)  # the cancel's
+            assert ask.request_id != steal.request_id and ask.tasks == [keys[1]]
+            busy.send(Withdrawn(steal.request_id, [keys[1]]))
+            dispatch, _, _ = idle.expect(Op.DISPATCH)
+            assert [row[:2] for row in dispatch.tasks] == [keys[1]]
+            busy.send(Withdrawn(ask.request_id, []))  # it has none of them now
+            follow, _, _ = idle.expect(Op.WITHDRAW)
+            assert follow.tasks == [keys[1]]
+            assert not answers, "cancel() answered before the idle worker did"
+            idle.send(Withdrawn(follow.request_id, [keys[1]]))
+            thread.join(30)
+            assert answers == [True] and futures[1].cancelled()
+
+            status, frames = dumps_result(0)
+            nframes, inline, frames = pack_payload(frames)
+            busy.send(WorkerResults([[*keys[0], int(status), nframes, inline]], [], 0), frames)
+            assert futures[0].result(timeout=30) == 0
+    finally:
+        busy.close()
+        idle.close()
+
+
 def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
     """The worker side, against a raw broker: asked for tasks it holds behind a
     running one, it gives them back (or already has, on its own), and never
