@@ -1,5 +1,7 @@
 """zeropool's benchmark suite: zeropool beside the stdlib ProcessPoolExecutor (and
-loky and Dask distributed when installed), same workloads, same run.
+loky and Dask distributed when installed), same workloads, same run; and beside
+two references that are not pools of processes: bare pyzmq through the same hops
+(bench/relay.py) and an in-process ThreadPoolExecutor.
 
     python -m bench.run            # the issue's sizes (a million queued calls: minutes)
     python -m bench.run --quick    # smaller sizes, for a smoke test
