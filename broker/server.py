@@ -340,7 +340,7 @@ class Broker:
         now, state, stats = time.monotonic(), self.state, self.stats
         workers = [{
             "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
-            "busy": sum(t.started for t in w.in_flight.values()), "held": len(w.in_flight),
+            "busy": sum(t.started for t in w.in_flight.values()), "held": w.occupied,
             "done": w.done, "failed": w.failed,
             "draining": w.draining, "last_heartbeat": round(now - w.last_seen, 3),
             "key": key_id(self._peer_keys[w.worker_id]) if w.worker_id in self._peer_keys
@@ -418,25 +418,28 @@ class Broker:
                           len(taken))
                 self.stats.cancelled += len(taken)
                 pending.cancelled.extend(task_id for _, task_id in taken)
-                # Any it did not give back may have come back unasked meanwhile,
-                # into the queue, where a cancel still applies.
-                rest = set(asked) - {task_id for _, task_id in taken}
-                if rest:
-                    cancelled = self.state.cancel(pending.client_id, list(rest))
-                    self.stats.cancelled += len(cancelled)
-                    pending.cancelled.extend(cancelled)
-                    rest.difference_update(cancelled)
-                if rest and pending.chases < MAX_CANCEL_CHASES:
-                    # Or they went out again after the ask (asked back for an
-                    # idle worker, or given back unasked): this answer does not
-                    # cover them, so ask where they are now.
-                    moved = self.state.unstarted(pending.client_id, list(rest), since=asked_at)
-                    if moved:
-                        pending.chases += 1
-                        self._ask_back(pending, moved)
+                self._seek(pending, asked_at, set(asked) - {task_id for _, task_id in taken})
                 self._answer_cancel(news.request_id)
         if news.credit:
             self.state.add_credit(worker_id, news.credit)
+
+    def _seek(self, pending: _PendingCancel, asked_at: float, task_ids: set) -> None:
+        """Tasks of a cancel that a worker asked at ``asked_at`` did not give back
+        (or could not: it died). They may have come back meanwhile, unasked or
+        asked for an idle worker: into the queue, where the cancel still
+        applies, or out again to another worker, which the worker's answer does
+        not cover, so that one is asked too."""
+        if pending.client_id not in self.state.clients:
+            return
+        cancelled = self.state.cancel(pending.client_id, list(task_ids))
+        self.stats.cancelled += len(cancelled)
+        pending.cancelled.extend(cancelled)
+        task_ids.difference_update(cancelled)
+        if task_ids and pending.chases < MAX_CANCEL_CHASES:
+            moved = self.state.unstarted(pending.client_id, list(task_ids), since=asked_at)
+            if moved:
+                pending.chases += 1
+                self._ask_back(pending, moved)
 
     def _answer_cancel(self, request_id: int) -> None:
         """Once no worker owes an answer to WITHDRAW ``request_id``, forget it;
@@ -454,11 +457,8 @@ class Broker:
         gone = set(worker_ids)
         for request_id, pending in list(self._cancels.items()):
             for key in [key for key in pending.waiting if key[0] == request_id and key[1] in gone]:
-                _, task_ids = pending.waiting.pop(key)
-                if pending.client_id in self.state.clients:
-                    cancelled = self.state.cancel(pending.client_id, task_ids)
-                    self.stats.cancelled += len(cancelled)
-                    pending.cancelled.extend(cancelled)
+                asked_at, task_ids = pending.waiting.pop(key)
+                self._seek(pending, asked_at, set(task_ids))
             self._answer_cancel(request_id)
 
     def on_results(self, worker_id: bytes, news: WorkerResults, payload: list) -> None:
@@ -518,14 +518,19 @@ class Broker:
 
     def _forget_client(self, client_id: bytes, why: str) -> None:
         dropped = self.state.remove_client(client_id)
-        for request_id in [r for r, p in self._cancels.items() if p.client_id == client_id]:
-            del self._cancels[request_id]
+        self._drop_cancels(client_id)
         if dropped:
             log.warning("client %s %s; dropped its %d queued task(s)", client_id.hex(), why,
                         dropped)
             _return_memory_to_the_system()
         else:
             log.info("client %s %s", client_id.hex(), why)
+
+    def _drop_cancels(self, client_id: bytes) -> None:
+        """A gone client's cancels: nobody waits for their answers (its tasks'
+        answers from workers are requeued or dropped as any other's)."""
+        for request_id in [r for r, p in self._cancels.items() if p.client_id == client_id]:
+            del self._cancels[request_id]
 
     # -- sending -----------------------------------------------------------
 
@@ -621,6 +626,7 @@ class Broker:
     def _expire(self, now: float) -> None:
         expired = self.state.expire(now)
         for client_id, dropped in expired.clients:
+            self._drop_cancels(client_id)
             log.warning("client %s silent for %.1fs; dropped its %d queued task(s)",
                         client_id.hex(), self.state.peer_timeout, dropped)
         if any(dropped for _, dropped in expired.clients):

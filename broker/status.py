@@ -63,7 +63,8 @@ def render(report: dict) -> str:
                 w["failed"],
                 f"{w['last_heartbeat']:.1f}s ago" + (" (draining)" if w["draining"] else "")]
                for w in report["workers"]]
-    # BUSY: tasks it has started; HELD: those plus tasks waiting on it (prefetched).
+    # BUSY: tasks it has started; HELD: those plus tasks waiting on it (prefetched),
+    # and tasks of gone clients that it still runs.
     lines += _table(["WORKER", "HOST", "PID", "THREADS", "BUSY", "HELD", "DONE", "FAILED",
                      "LAST HEARTBEAT"], workers, "no workers")
     lines.append("")

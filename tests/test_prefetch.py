@@ -14,8 +14,8 @@ import zmq
 
 import client
 from protocol import (
-    PROTOCOL_VERSION, Dispatch, Hello, Op, Role, Status, Welcome, Withdraw, Withdrawn,
-    WorkerResults, decode, encode, pack_payload,
+    PROTOCOL_VERSION, Cancel, Dispatch, Heartbeat, Hello, Op, Role, Status, Submit, Welcome,
+    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload,
 )
 from protocol.payload import dumps_call, dumps_result
 from tests import helpers
@@ -90,7 +90,8 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
     address = cluster(1)
     marks = [str(tmp_path / f"started-{i}") for i in (1, 2)]
     with client.Executor(address) as ex:
-        assert list(ex.map(helpers.sleep_and_return, [0.02] * 5, range(5))) == list(range(5))
+        # Five long ones in a row: it gives its spare credit back, before the last two end.
+        assert list(ex.map(helpers.sleep_and_return, [0.02] * 7, range(7))) == list(range(7))
         first = ex.submit(helpers.touch_then_wait, marks[0], gate)
         second = ex.submit(helpers.touch_then_wait, marks[1], gate)
         wait_until(lambda: [w["held"] for w in query(address, None, 5)["workers"]] == [2], 30,
@@ -121,17 +122,34 @@ def test_a_worker_whose_tasks_turn_long_holds_one_task_not_a_short_tasks_prefetc
     address = cluster(1)
     with client.Executor(address) as ex:
         warm_up(ex)  # it offers credit for dozens of short tasks
-        assert list(ex.map(helpers.sleep_and_return, [0.02] * 5, range(5))) == list(range(5))
+        # Five long ones in a row: it gives its spare credit back, before the last two end.
+        assert list(ex.map(helpers.sleep_and_return, [0.02] * 7, range(7))) == list(range(7))
         futures = [ex.submit(helpers.touch_then_wait, str(tmp_path / f"started-{i}"), gate)
                    for i in range(10)]
-        wait_until(lambda: os.path.exists(tmp_path / "started-0"), 30, what="the first task")
-        # Its spare credit taken back, one runs, one waits there, the rest at the broker.
-        wait_until(lambda: query(address, None, 5)["queued"] == 8, 30,
-                   what="eight tasks queued at the broker")
-        assert [w["held"] for w in query(address, None, 5)["workers"]] == [2]
-        helpers.touch(gate)
+        try:
+            wait_until(lambda: os.path.exists(tmp_path / "started-0"), 30,
+                       what="the first task")
+            # Its spare credit taken back, one runs, one waits there, the rest at the broker.
+            wait_until(lambda: query(address, None, 5)["queued"] == 8, 30,
+                       what="eight tasks queued at the broker")
+            assert [w["held"] for w in query(address, None, 5)["workers"]] == [2]
+        finally:
+            helpers.touch(gate)  # a failure above ends quickly
         for future in futures:
             future.result(timeout=30)
+
+
+def test_tasks_prefetched_while_short_go_back_once_they_turn_long(cluster):
+    from broker.status import query
+    address = cluster(1)
+    with client.Executor(address) as ex:
+        warm_up(ex)  # it offers credit for dozens of short tasks: all thirty go there
+        # Too short to count as stuck behind a long one (GIVE_BACK_AFTER)...
+        futures = [ex.submit(helpers.sleep_and_return, 0.015, i) for i in range(30)]
+        # ...but after five of them it gives back those waiting behind the sixth.
+        wait_until(lambda: query(address, None, 5)["queued"] >= 5, 30,
+                   what="tasks given back to the broker's queue")
+        assert [f.result(timeout=30) for f in futures] == list(range(30))
 
 
 def test_prefetched_tasks_of_a_killed_worker_run_once_elsewhere(cluster, tmp_path):
@@ -286,6 +304,49 @@ def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
     finally:
         busy.close()
         idle.close()
+
+
+def test_a_client_gone_while_its_cancel_waits_on_a_worker_costs_the_broker_nothing(programs):
+    """The client of a cancel that waits on a worker's answer falls silent and
+    is dropped; the answer then comes, and the broker carries on."""
+    from broker.status import query
+    broker, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "5")
+    worker, raw_client = Peer(zmq.DEALER, b"raw-worker"), Peer(zmq.DEALER, b"raw-client")
+    try:
+        worker.socket.connect(address)
+        worker.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=2, pid=1, host="raw", threads=1))
+        worker.expect(Op.WELCOME)
+        raw_client.socket.connect(address)
+        raw_client.send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=0, pid=2, host="raw"))
+        raw_client.expect(Op.WELCOME)
+        rows, payload = [], []
+        for task_id in (1, 2):
+            nframes, inline, frames = pack_payload(dumps_call(helpers.square, (task_id,), {}))
+            rows.append([task_id, nframes, inline])
+            payload += frames
+        raw_client.send(Submit(rows), payload)
+        held = []
+        while len(held) < 2:
+            dispatch, _, _ = worker.expect(Op.DISPATCH)
+            held += [row[:2] for row in dispatch.tasks]
+        worker.send(WorkerResults([], [held[0]], 0))  # runs the first, holds the second
+        raw_client.send(Cancel(1, [2]))
+        ask, _, _ = worker.expect(Op.WITHDRAW)
+        assert ask.tasks == [[b"raw-client", 2]]
+
+        def report() -> dict:
+            worker.send(Heartbeat())  # the worker stays
+            return query(address, None, 5)
+
+        wait_until(lambda: not report()["clients"], 30, what="the silent client to be dropped")
+        worker.send(Withdrawn(ask.request_id, ask.tasks))
+        # Still serving, and the worker holds only the task it runs.
+        wait_until(lambda: [w["held"] for w in report()["workers"]] == [1], 30,
+                   what="the given-back task to leave the worker")
+        assert broker.poll() is None
+    finally:
+        worker.close()
+        raw_client.close()
 
 
 def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):

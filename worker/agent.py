@@ -430,14 +430,20 @@ class Agent:
             self._give_back(0, list(self._runner.waiting))
 
     def _shed_credit(self) -> None:
-        """Credit offered while tasks were short (up to PREFETCH_MAX a thread)
-        is more than longer tasks want: take it back, or the broker would fill
-        it with tasks that wait here while other workers may idle."""
-        if self._short_tasks() or self._task_time is None or self._draining:
+        """Once tasks are long for sure (each of the last few), the credit and
+        the tasks that a short tasks' prefetch took on (up to PREFETCH_MAX a
+        thread) are more than long tasks want: give back the unused credit and
+        the tasks waiting here, or they wait for other workers to idle."""
+        times = self._task_times
+        if self._draining or len(times) < TASK_TIME_SAMPLES or min(times) <= PREFETCH_BELOW:
             return
-        if self._outstanding > max(0, self.threads + PREFETCH_LONG - len(self._running)):
-            log.debug("tasks take longer now: taking back %d unused credit", self._outstanding)
-            self._give_back(0, [])
+        waiting = self._runner.waiting
+        allowed = max(0, self.threads + PREFETCH_LONG - len(self._running))
+        surplus = list(waiting) if len(waiting) > PREFETCH_LONG else []
+        if self._outstanding > allowed or surplus:
+            log.debug("tasks take longer now: giving back %d unused credit and %d waiting "
+                      "task(s)", self._outstanding, len(surplus))
+            self._give_back(0, surplus)
 
     def _task_finished(self) -> None:
         """From a runner thread, after a result: send it now if the loop is
