@@ -21,7 +21,6 @@ from protocol.payload import dumps_call, dumps_result
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
-from worker.agent import PREFETCH_BELOW, TASK_TIME_SAMPLES, typical
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,14 +105,6 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
         helpers.touch(gate)
         first.result(timeout=30)
         second.result(timeout=30)
-
-
-def test_how_long_tasks_take_ignores_a_lone_slow_one():
-    short, slow = 50e-6, 0.03
-    assert typical([short] * (TASK_TIME_SAMPLES - 1) + [slow]) <= PREFETCH_BELOW
-    assert typical([short, slow, short, slow, short][:TASK_TIME_SAMPLES]) <= PREFETCH_BELOW
-    assert typical([short] * 2 + [slow] * 3) > PREFETCH_BELOW
-    assert typical([slow]) > PREFETCH_BELOW and typical([short, slow]) <= PREFETCH_BELOW
 
 
 def test_a_worker_whose_tasks_turn_long_holds_one_task_not_a_short_tasks_prefetch(

@@ -17,12 +17,13 @@ between two tasks would leave the threads idle most of the time, so the
 worker asks for more tasks than it has threads, enough for a couple of
 milliseconds of work each. Longer tasks still lose a round trip each (about
 1 ms on a loaded machine: 10% of a 10 ms task), so the worker then holds one
-task waiting, as ProcessPoolExecutor keeps one call queued, and takes back the
-spare credit it offered while they were short. Tasks waiting here
-never hold up the pool: short ones stuck behind a long one are given back
-unasked, and the broker asks for waiting tasks back (WITHDRAW) when its queue
-is empty and another worker has a thread with nothing to do; a cancel reaches
-them the same way. So prefetching changes no semantics.
+task waiting, as ProcessPoolExecutor keeps one call queued, and once tasks are
+long for sure gives back the spare credit and tasks it took on while they were
+short. Tasks waiting here never hold up the pool: short ones stuck behind a
+long one are given back unasked, and the broker asks for waiting tasks back
+(WITHDRAW) when its queue is empty and another worker has a thread with
+nothing to do; a cancel reaches them the same way. So prefetching changes no
+semantics.
 
 Lending the socket: with one thread, the loop's hand-off of a lone task to
 the task thread costs about 45 us of a 500 us round trip here (a wake, and the
@@ -74,8 +75,9 @@ PREFETCH_SPAN = 0.002
 PREFETCH_MAX = 32
 # Tasks held waiting on the worker (not per thread) while tasks are longer.
 PREFETCH_LONG = 1
-# How long tasks take is the median of the last few: one task preempted for
-# 30 ms among 50 us ones must not make the worker shed its prefetch.
+# Spare credit goes back only once each of this many tasks in a row was long:
+# one task preempted for 30 ms among 50 us ones must not make the worker shed
+# its prefetch, nor tasks alternating short and long make it churn.
 TASK_TIME_SAMPLES = 5
 # Tasks waiting behind threads that have all been busy this long go back to the broker.
 GIVE_BACK_AFTER = 0.02
@@ -87,12 +89,6 @@ START_REPORT_AFTER = 0.001
 # The loop takes a lent socket back after this long without a task, so that
 # an idle worker's loop stops waking every GIVE_BACK_AFTER.
 LEND_IDLE = 1.0
-
-
-def typical(seconds) -> float:
-    """How long tasks take: the (lower) median of recent run times."""
-    ordered = sorted(seconds)
-    return ordered[(len(ordered) - 1) // 2]
 
 
 class Exit(enum.IntEnum):
@@ -145,8 +141,8 @@ class Agent:
         self._forgetting: set[bytes] = set()
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
         self._outstanding = 0  # credit the broker has not used yet
+        self._task_time: float | None = None  # moving average of task run times
         self._task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
-        self._task_time: float | None = None  # their median
         self._draining = False
         self._drain_confirmed = False
         self._stop_now = False
@@ -551,6 +547,8 @@ class Agent:
                 else:
                     _, key, status, frames, seconds = event
                     self._task_times.append(seconds)
+                    average = self._task_time
+                    self._task_time = seconds if average is None else average * 0.8 + seconds * 0.2
                     started.pop(key, None)  # its result says it started
                     self._running.discard(key)
                     self._unreported.discard(key)
@@ -559,10 +557,8 @@ class Agent:
                     payload.extend(frames)
                     size += len(inline) + 16
             self._unreported.difference_update(started)
-            if results:
-                self._task_time = typical(self._task_times)
-                if self._forgetting:
-                    self._forget_idle_clients()
+            if self._forgetting and results:
+                self._forget_idle_clients()
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
