@@ -433,10 +433,11 @@ class Agent:
         times = self._task_times
         if self._draining or len(times) < TASK_TIME_SAMPLES or min(times) <= PREFETCH_BELOW:
             return
-        waiting = self._runner.waiting
-        allowed = max(0, self.threads + PREFETCH_LONG - len(self._running))
-        surplus = list(waiting) if len(waiting) > PREFETCH_LONG else []
-        if self._outstanding > allowed or surplus:
+        # Held beyond a thread each and PREFETCH_LONG: of those not started.
+        # (Tasks just read for free threads are waiting too, for a moment.)
+        excess = len(self._running) - self.threads - PREFETCH_LONG
+        surplus = list(self._runner.waiting)[:excess] if excess > 0 else []
+        if self._outstanding > max(0, -excess) or surplus:
             log.debug("tasks take longer now: giving back %d unused credit and %d waiting "
                       "task(s)", self._outstanding, len(surplus))
             self._give_back(0, surplus)
