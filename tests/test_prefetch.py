@@ -187,6 +187,21 @@ class Peer:
                 return message, payload, peer
         raise AssertionError(f"no {op.value} within {timeout}s")
 
+    def join_as_worker(self, address: str, credit: int) -> None:
+        """Connect as a one-thread worker offering ``credit`` slots."""
+        self.socket.connect(address)
+        self.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
+                        host="raw", threads=1))
+        self.expect(Op.WELCOME)
+
+    def dispatched(self, count: int) -> list:
+        """As a worker: the keys (client id, task id) of the next ``count`` tasks sent here."""
+        rows = []
+        while len(rows) < count:
+            dispatch, _, _ = self.expect(Op.DISPATCH)
+            rows += dispatch.tasks
+        return [row[:2] for row in rows]
+
     def close(self) -> None:
         self.context.destroy(linger=0)
 
@@ -198,16 +213,10 @@ def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
     _, address = programs.broker("--liveness", "120")
     worker = Peer(zmq.DEALER, b"raw-worker")
     try:
-        worker.socket.connect(address)
-        worker.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=3, pid=1, host="raw", threads=1))
-        worker.expect(Op.WELCOME)
+        worker.join_as_worker(address, credit=3)
         with client.Executor(address) as ex:
             futures = [ex.submit(helpers.square, i) for i in range(3)]
-            rows = []
-            while len(rows) < 3:
-                dispatch, _, _ = worker.expect(Op.DISPATCH)
-                rows += dispatch.tasks
-            keys = [row[:2] for row in rows]
+            keys = worker.dispatched(3)
             worker.send(WorkerResults([], [keys[0]], 0))  # the first has started
             wait_until(futures[0].running, 30, what="the start to reach the client")
             assert futures[0].cancel() is False  # started: the worker is not even asked
@@ -252,23 +261,14 @@ def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
     _, address = programs.broker("--liveness", "120")  # raw workers send no heartbeats
     busy, idle = Peer(zmq.DEALER, b"raw-busy"), Peer(zmq.DEALER, b"raw-idle")
     try:
-        busy.socket.connect(address)
-        busy.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=2, pid=1, host="raw", threads=1))
-        busy.expect(Op.WELCOME)
+        busy.join_as_worker(address, credit=2)
         with client.Executor(address) as ex:
             futures = [ex.submit(helpers.square, i) for i in range(2)]
-            rows = []
-            while len(rows) < 2:
-                dispatch, _, _ = busy.expect(Op.DISPATCH)
-                rows += dispatch.tasks
-            keys = [row[:2] for row in rows]
+            keys = busy.dispatched(2)
             busy.send(WorkerResults([], [keys[0]], 0))  # runs the first, holds the second
             wait_until(futures[0].running, 30, what="the start to reach the client")
 
-            idle.socket.connect(address)
-            idle.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=1, pid=2, host="raw",
-                            threads=1))
-            idle.expect(Op.WELCOME)
+            idle.join_as_worker(address, credit=1)
             steal, _, _ = busy.expect(Op.WITHDRAW)  # for the idle worker
             assert steal.tasks == [keys[1]]
 
@@ -304,9 +304,7 @@ def test_a_client_gone_while_its_cancel_waits_on_a_worker_costs_the_broker_nothi
     broker, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "5")
     worker, raw_client = Peer(zmq.DEALER, b"raw-worker"), Peer(zmq.DEALER, b"raw-client")
     try:
-        worker.socket.connect(address)
-        worker.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=2, pid=1, host="raw", threads=1))
-        worker.expect(Op.WELCOME)
+        worker.join_as_worker(address, credit=2)
         raw_client.socket.connect(address)
         raw_client.send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=0, pid=2, host="raw"))
         raw_client.expect(Op.WELCOME)
@@ -316,10 +314,7 @@ def test_a_client_gone_while_its_cancel_waits_on_a_worker_costs_the_broker_nothi
             rows.append([task_id, nframes, inline])
             payload += frames
         raw_client.send(Submit(rows), payload)
-        held = []
-        while len(held) < 2:
-            dispatch, _, _ = worker.expect(Op.DISPATCH)
-            held += [row[:2] for row in dispatch.tasks]
+        held = worker.dispatched(2)
         worker.send(WorkerResults([], [held[0]], 0))  # runs the first, holds the second
         raw_client.send(Cancel(1, [2]))
         ask, _, _ = worker.expect(Op.WITHDRAW)
