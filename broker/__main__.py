@@ -57,7 +57,9 @@ def parser() -> argparse.ArgumentParser:
                    f"(default: $ZEROPOOL_HEARTBEAT_INTERVAL or {defaults.HEARTBEAT_INTERVAL})")
     p.add_argument("--liveness", type=int,
                    default=_env("ZEROPOOL_LIVENESS", defaults.HEARTBEAT_LIVENESS, int),
-                   help="heartbeats a peer may miss before it is declared dead "
+                   help="heartbeat intervals a peer's connection may stay silent before it "
+                   "is closed and the peer is dead; a live process keeps its connection, "
+                   "even while a task holds its GIL "
                    f"(default: $ZEROPOOL_LIVENESS or {defaults.HEARTBEAT_LIVENESS})")
     p.add_argument("--max-retries", type=int,
                    default=_env("ZEROPOOL_MAX_RETRIES", defaults.MAX_TASK_RETRIES, int),

@@ -5,7 +5,7 @@
                                 |   decode -> on_<op>()   |
                                 |   state.assign()        |  BrokerState: queue,
                                 |   flush results         |  in-flight, credit,
-                                |   heartbeats, expire    |  liveness (no I/O)
+                                |   heartbeats, liveness  |  liveness (no I/O)
                                 +-------------------------+
 
 Each pass of the loop reads every message already waiting (so one DISPATCH
@@ -13,6 +13,15 @@ to a worker and one RESULTS to a client can carry many tasks), hands queued
 tasks to workers with credit, flushes results per client, then runs the timed
 chores. Payload frames are forwarded as received; the broker decodes only
 msgpack headers and never imports the pickling code.
+
+Liveness: a peer is dead when its connection is. libzmq's own heartbeats
+(protocol.sockets.keep_alive) run in its I/O thread, without the GIL, and
+close a connection silent for the liveness window: a stopped process or a
+cut link. A killed one closes its connection at once. The broker sends every
+peer a HEARTBEAT each interval, and a send to a closed connection raises
+(ROUTER_MANDATORY), so the dead are found within an interval of it. A peer
+that is silent but still connected (a task holding the GIL stalls its
+threads) keeps its tasks, as in a process pool.
 """
 from __future__ import annotations
 
@@ -40,7 +49,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.security import key_id
-from protocol.sockets import readable, recv_frames, send_frames
+from protocol.sockets import keep_alive, readable, recv_frames, send_frames
 
 log = logging.getLogger("zeropool.broker")
 
@@ -123,6 +132,10 @@ class Broker:
         self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_size)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.copy_threshold = defaults.COPY_THRESHOLD
+        # A connection that libzmq's heartbeats find dead is closed, and then a
+        # send to its peer raises (ROUTER_MANDATORY): that is how the broker
+        # tells a dead peer from one whose Python threads are held up.
+        keep_alive(self.socket, heartbeat_interval, liveness)
         try:
             self.socket.bind(bind)
         except zmq.ZMQError:
@@ -195,8 +208,11 @@ class Broker:
                 self._flush()
                 now = time.monotonic()
                 if now >= next_chores:
-                    self._send_heartbeats()
-                    self._expire(now)
+                    self._send_heartbeats()  # finds the peers whose connections are gone
+                    self._note_silent(now)
+                    if self._cancels:
+                        self._give_up_on_withdraws(now)
+                    self._flush()
                     if self.zap is not None:
                         self._reload_keys()
                     self._complaints = 0
@@ -319,6 +335,11 @@ class Broker:
                      hello.pid, hello.credit)
         self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness,
                                     self.max_message_size))
+        # Clients learn the number of workers at once, not at the next
+        # heartbeat: an embedded cluster's client waits for its workers.
+        heartbeat = Heartbeat(len(self.state.workers))
+        for client_id in [peer_id] if hello.role is Role.CLIENT else list(self.state.clients):
+            self._send(client_id, heartbeat)
 
     def on_stats(self, peer_id: bytes, request: Stats) -> None:
         if request.version != PROTOCOL_VERSION:
@@ -376,9 +397,13 @@ class Broker:
                      client_id.hex(), len(submit.tasks) - accepted)
 
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
+        if cancel.queued_only:
+            # What free slots can take now goes first, as a process pool runs
+            # the calls already in its call queue; workers are not asked back.
+            self._dispatch()
         cancelled = self.state.cancel(client_id, cancel.task_ids)
         self.stats.cancelled += len(cancelled)
-        held = self.state.unstarted(client_id, cancel.task_ids)
+        held = {} if cancel.queued_only else self.state.unstarted(client_id, cancel.task_ids)
         if not held:
             self._send(client_id, CancelReply(cancel.request_id, cancelled))
             return
@@ -450,6 +475,25 @@ class Broker:
         del self._cancels[request_id]
         if not pending.waiting and pending.client_id in self.state.clients:
             self._send(pending.client_id, CancelReply(pending.request_id, pending.cancelled))
+
+    def _give_up_on_withdraws(self, now: float) -> None:
+        """A worker that has not answered a cancel's WITHDRAW in the time it
+        takes to find a dead one lives but is held up (a task holding its
+        GIL): its part of the cancel is answered as if it gave nothing back
+        (those tasks may run), so that cancel() does not wait as long as that
+        task runs. Its late answer requeues what it gives back."""
+        deadline = now - self.state.peer_timeout - 2 * self.heartbeat_interval
+        for request_id, pending in list(self._cancels.items()):
+            if request_id not in self._cancels:
+                continue  # answered meanwhile, under another of its WITHDRAW ids
+            late = [key for key, (asked_at, _) in pending.waiting.items()
+                    if key[0] == request_id and asked_at < deadline]
+            for key in late:
+                asked_at, _ = pending.waiting.pop(key)
+                log.info("worker %s has not answered for %.1fs; cancelling without the "
+                         "tasks it holds", key[1].hex(), now - asked_at)
+            if late:
+                self._answer_cancel(request_id)
 
     def _workers_gone(self, worker_ids: list) -> None:
         """Cancels waiting on workers that are gone: their tasks are back in the
@@ -577,17 +621,24 @@ class Broker:
             self._send(worker_id, Withdraw(next(self._withdraw_ids), [list(key) for key in keys]))
 
     def _flush(self) -> None:
-        outgoing, self._outgoing = self._outgoing, {}
-        for client_id, out in outgoing.items():
-            if client_id in self.state.clients:
-                self._send_results(client_id, out)
-        while self._unreachable:
-            peer_id = self._unreachable.pop()
-            role = self.state.role_of(peer_id)
-            if role == "worker":
-                self._report(self.state.remove_worker(peer_id, lost=True), "unreachable")
-            elif role == "client":
-                self._forget_client(peer_id, "is unreachable")
+        # Until neither is left: a worker found gone may fail tasks (errors to
+        # send now), and a send may find a client gone.
+        while self._outgoing or self._unreachable:
+            outgoing, self._outgoing = self._outgoing, {}
+            for client_id, out in outgoing.items():
+                if client_id in self.state.clients:
+                    self._send_results(client_id, out)
+            while self._unreachable:
+                peer_id = self._unreachable.pop()
+                role = self.state.role_of(peer_id)
+                if role is None:
+                    continue
+                silence = self._silence(peer_id)
+                if role == "worker":
+                    self._report(self.state.remove_worker(peer_id, lost=True),
+                                 silence or "unreachable")
+                else:
+                    self._forget_client(peer_id, silence or "is unreachable")
 
     def _send_results(self, client_id: bytes, out: _Outgoing) -> None:
         """As many RESULTS as it takes to keep each header within its budget
@@ -623,16 +674,24 @@ class Broker:
         for client_id in list(self.state.clients):
             self._send(client_id, heartbeat)
 
-    def _expire(self, now: float) -> None:
-        expired = self.state.expire(now)
-        for client_id, dropped in expired.clients:
-            self._drop_cancels(client_id)
-            log.warning("client %s silent for %.1fs; dropped its %d queued task(s)",
-                        client_id.hex(), self.state.peer_timeout, dropped)
-        if any(dropped for _, dropped in expired.clients):
-            _return_memory_to_the_system()
-        self._report(expired, "silent for %.1fs" % self.state.peer_timeout)
-        self._flush()
+    def _note_silent(self, now: float) -> None:
+        """Peers silent for a liveness window whose connections live on: they
+        are kept (their tasks with them), as a process pool waits for a call
+        that holds the GIL; the log says so once."""
+        for peer_id in self.state.silent(now):
+            if peer_id not in self._unreachable:
+                log.info("%s %s silent for %.1fs but still connected (a call holding the GIL, "
+                         "or a loaded host?); keeping it", self.state.role_of(peer_id),
+                         peer_id.hex(), self.state.peer_timeout)
+
+    def _silence(self, peer_id: bytes) -> str | None:
+        """For a peer found unreachable: how long it had been silent, if long
+        enough that libzmq's heartbeats closed its connection (a stopped
+        process or a cut link), not its process (a closed connection is seen
+        within two heartbeat intervals)."""
+        peer = self.state.workers.get(peer_id) or self.state.clients.get(peer_id)
+        silence = time.monotonic() - peer.last_seen
+        return f"silent for {silence:.1f}s" if silence >= self.state.peer_timeout / 2 else None
 
     def _report(self, expired: Expired, why: str) -> None:
         """Log lost workers and fail poison tasks back to their clients."""

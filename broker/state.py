@@ -85,6 +85,7 @@ class Worker:
     done: int = 0
     failed: int = 0  # of those done, how many raised
     draining: bool = False
+    silent: bool = False  # reported silent (see BrokerState.silent) since it last spoke
     isolating: bool = False  # it holds a suspect task, and nothing else
     # Tasks of clients that have gone, which it still runs (or holds) until
     # their results come: they take its threads as much as its own tasks do.
@@ -107,6 +108,7 @@ class Client:
     done: int = 0
     pid: int = 0
     host: str = ""
+    silent: bool = False  # reported silent (see BrokerState.silent) since it last spoke
 
     @property
     def queued(self) -> int:
@@ -124,10 +126,9 @@ class Assignment:
 
 @dataclass(slots=True)
 class Expired:
-    """What a liveness check found: dead peers, and tasks that must fail."""
+    """What removing workers found: the workers, and tasks that must fail."""
 
     workers: list = field(default_factory=list)
-    clients: list = field(default_factory=list)  # [(client_id, queued tasks dropped)]
     requeued: int = 0
     poisoned: list = field(default_factory=list)  # [Task]
 
@@ -185,6 +186,7 @@ class BrokerState:
         peer = self.workers.get(peer_id) or self.clients.get(peer_id)
         if peer is not None:
             peer.last_seen = now
+            peer.silent = False
 
     def role_of(self, peer_id: bytes) -> str | None:
         if peer_id in self.workers:
@@ -221,15 +223,19 @@ class BrokerState:
                 worker.forget.append(client_id)
         return client.queued
 
-    def expire(self, now: float) -> Expired:
-        """Remove peers silent for longer than ``peer_timeout``."""
-        expired = Expired()
+    def silent(self, now: float) -> list[bytes]:
+        """Peers that have said nothing for longer than ``peer_timeout``, each
+        once until it speaks again. Silence alone does not remove a peer: its
+        Python threads may be held up by a call that keeps the GIL. A peer is
+        gone when its connection is, which the broker learns by sending."""
         deadline = now - self.peer_timeout
-        for worker_id in [w.worker_id for w in self.workers.values() if w.last_seen < deadline]:
-            self._remove_worker(worker_id, expired, lost=True)
-        for client_id in [c.client_id for c in self.clients.values() if c.last_seen < deadline]:
-            expired.clients.append((client_id, self.remove_client(client_id)))
-        return expired
+        found = []
+        for peers in (self.workers, self.clients):
+            for peer_id, peer in peers.items():
+                if peer.last_seen < deadline and not peer.silent:
+                    peer.silent = True
+                    found.append(peer_id)
+        return found
 
     def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True) -> None:
         worker = self.workers.pop(worker_id)

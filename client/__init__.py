@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from client.errors import (
-    BrokerUnreachable, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
+    BrokerUnreachable, ExecutorTerminated, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
 )
 from client.executor import Executor
 from protocol.security import Security
 
-__all__ = ["BrokerUnreachable", "Executor", "InitializerError", "RemoteError",
+__all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "InitializerError", "RemoteError",
            "RemoteTraceback", "Security", "WorkerLostError"]

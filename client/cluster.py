@@ -48,6 +48,7 @@ class LocalCluster:
     """A broker on a local socket and one supervisor of ``workers`` processes."""
 
     def __init__(self, workers: int, threads: int = 1, log_level: str = "WARNING") -> None:
+        self.workers = workers
         self._watch_read, self._watch_write = os.pipe()
         self._cwd = tempfile.mkdtemp(prefix="zeropool-")
         self._processes: list[subprocess.Popen] = []
@@ -84,6 +85,19 @@ class LocalCluster:
             argv, cwd=self._cwd, env=self._env, stdin=subprocess.DEVNULL,
             pass_fds=(self._watch_read, *extra_fds)))
 
+    def signal_workers(self, signum: int) -> None:
+        """Send ``signum`` to every worker process now, not waiting for them to end
+        (``close()`` does that)."""
+        if len(self._processes) < 2 or self._watch_write is None:
+            return  # the workers were never started, or are stopped already
+        supervisor = self._processes[1]
+        # Its children first: the supervisor forwards SIGTERM, but SIGKILL ends it alone.
+        for pid in [*_children(supervisor.pid), supervisor.pid]:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
     def close(self) -> None:
         """Stop every process of the cluster and wait for them."""
         if self._watch_write is not None:
@@ -99,3 +113,13 @@ class LocalCluster:
                 process.send_signal(signal.SIGKILL)
                 process.wait()
         shutil.rmtree(self._cwd, ignore_errors=True)
+
+
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (Linux; elsewhere none are found, and the
+    watch pipe still ends them when the cluster closes)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(child) for child in f.read().split()]
+    except (OSError, ValueError):
+        return []

@@ -2,7 +2,8 @@
 
     concurrent.futures.BrokenExecutor
      ├── InitializerError      the executor's initializer raised on a worker
-     └── BrokerUnreachable     no broker answered in time
+     ├── BrokerUnreachable     no broker answered in time
+     └── ExecutorTerminated    terminate_workers() or kill_workers() stopped a running task
     Exception
      ├── WorkerLostError       a task kept killing its workers, or none was left
      └── RemoteError           a task's exception that could not be pickled (text only)
@@ -16,7 +17,7 @@ from concurrent.futures import BrokenExecutor
 
 from protocol.errors import RemoteError, RemoteTraceback
 
-__all__ = ["BrokerUnreachable", "InitializerError", "RemoteError", "RemoteTraceback",
+__all__ = ["BrokerUnreachable", "ExecutorTerminated", "InitializerError", "RemoteError", "RemoteTraceback",
            "WorkerLostError"]
 
 
@@ -26,6 +27,11 @@ class InitializerError(BrokenExecutor):
 
 class BrokerUnreachable(BrokenExecutor):
     """Raised when no broker answered at the executor's address within the connect timeout."""
+
+
+class ExecutorTerminated(BrokenExecutor):
+    """Raised for a task that was running when ``terminate_workers()`` or
+    ``kill_workers()`` stopped its executor."""
 
 
 class WorkerLostError(Exception):

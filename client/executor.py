@@ -1,20 +1,27 @@
 """``Executor``: a ``concurrent.futures.Executor`` backed by a zeropool broker."""
 from __future__ import annotations
 
+import collections
 import itertools
+import logging
 import os
+import signal
 import threading
 import time
 import weakref
 from concurrent.futures import Executor as _BaseExecutor
 from concurrent.futures import Future
+from multiprocessing.context import BaseContext
 from typing import Any, Callable, Iterable, Iterator
 
 from client.cluster import LocalCluster
-from client.session import Session, TaskFuture
+from client.errors import ExecutorTerminated
+from client.session import Session, TaskFuture, unsendable
 from protocol import defaults
 from protocol.payload import dumps, run_chunk
 from protocol.security import Security
+
+log = logging.getLogger("zeropool.client")
 
 ENV_ADDRESS = "ZEROPOOL_ADDRESS"
 TASK_OUTPUT = ("plain", "prefix", None)
@@ -35,6 +42,11 @@ class Executor(_BaseExecutor):
     broker; ``max_workers`` then caps how many of this executor's tasks may be
     queued or running at the broker at once (default: no cap).
 
+    ``mp_context`` is accepted for ``ProcessPoolExecutor``'s signature and
+    ignored: workers are separate processes that start on their own, never
+    forked from this one, so every call behaves as under the "spawn" context.
+    ``max_tasks_per_child`` is not supported yet and raises NotImplementedError.
+
     ``security``: for a broker with CURVE on, a ``Security`` holding the
     broker's public key and this client's key pair, e.g.
     ``Security.from_files("keys/broker.key", "keys/client.key_secret")``;
@@ -51,8 +63,11 @@ class Executor(_BaseExecutor):
     (``InitializerError``, a ``BrokenExecutor``), as the stdlib pools do.
     """
 
-    def __init__(self, max_workers: int | str | None = None, *, address: str | None = None,
-                 initializer: Callable[..., Any] | None = None, initargs: tuple = (),
+    def __init__(self, max_workers: int | str | None = None,
+                 mp_context: BaseContext | None = None,
+                 initializer: Callable[..., Any] | None = None, initargs: tuple = (), *,
+                 max_tasks_per_child: int | None = None,
+                 address: str | None = None,
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
                  security: Security | None = None,
                  task_output: str | None = "plain") -> None:
@@ -70,11 +85,22 @@ class Executor(_BaseExecutor):
                 raise TypeError(f"max_workers must be an int, not {type(max_workers).__name__}")
             if max_workers <= 0:
                 raise ValueError("max_workers must be greater than 0")
+        if mp_context is not None and not isinstance(mp_context, BaseContext):
+            raise TypeError("mp_context must be None or a multiprocessing context, not "
+                            f"{type(mp_context).__name__}")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int):  # the stdlib's checks, first
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
+            raise NotImplementedError(
+                "max_tasks_per_child is not supported by zeropool yet; leave it out (each "
+                "worker process then runs any number of tasks)")
         if task_output not in TASK_OUTPUT:
             raise ValueError(f"task_output must be one of {TASK_OUTPUT}, not {task_output!r}")
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
-        init_frames = dumps((initializer, tuple(initargs))) if initializer is not None else []
+        init_frames = _initializer_frames(initializer, tuple(initargs))
         self._cluster: LocalCluster | None = None
         if address is None:
             self._cluster = LocalCluster(max_workers or os.cpu_count() or 1)
@@ -83,6 +109,7 @@ class Executor(_BaseExecutor):
             cap = max_workers
             if security is None:
                 security = Security.from_environment()
+        self._cap = cap
         try:
             self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
                                     connect_timeout=connect_timeout, security=security,
@@ -92,6 +119,14 @@ class Executor(_BaseExecutor):
             if self._cluster is not None:
                 self._cluster.close()
             raise
+        # Its workers attached (they start in parallel, in about the time the
+        # first task would wait for them anyway), so that the pool is whole
+        # from the start, as a process pool's is.
+        if self._cluster is not None and not self._session.wait_for_workers(
+                self._cluster.workers, connect_timeout):
+            log.warning("the embedded cluster's %d worker processes have not all attached "
+                        "within %gs; going on with %d", self._cluster.workers, connect_timeout,
+                        self._session.workers)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         # Dropped without shutdown(): finish the pending work, then disconnect.
@@ -101,6 +136,17 @@ class Executor(_BaseExecutor):
     def address(self) -> str:
         """The broker's address (the embedded one's, if this executor started it)."""
         return self._session.address
+
+    @property
+    def _max_workers(self) -> int:
+        """How many calls run at once, as the stdlib pools set it (libraries read it
+        to size their work): the embedded cluster's workers; with an address, the
+        ``max_workers`` cap, or else the number of workers the broker last reported."""
+        if self._cluster is not None:
+            return self._cluster.workers
+        if self._cap is not None:
+            return self._cap
+        return max(1, self._session.workers)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         with self._shutdown_lock:
@@ -113,42 +159,120 @@ class Executor(_BaseExecutor):
     submit.__doc__ = _BaseExecutor.submit.__doc__
 
     def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1) -> Iterator:
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
         """Like ``ProcessPoolExecutor.map``: results in order, lazily; with
-        ``chunksize`` > 1 items travel and run in chunks of that size."""
+        ``chunksize`` > 1 items travel and run in chunks of that size; with
+        ``buffersize``, at most that many calls (or chunks) are submitted ahead
+        of the results taken, so ``iterables`` may be endless (Python 3.14's)."""
+        if buffersize is not None and not isinstance(buffersize, int):
+            raise TypeError("buffersize must be an integer or None")
+        if buffersize is not None and buffersize < 1:
+            raise ValueError("buffersize must be None or > 0")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         end_time = None if timeout is None else timeout + time.monotonic()
-        if chunksize == 1:
-            fs = [self.submit(fn, *args) for args in zip(*iterables)]
-            return self._results(fs, end_time, chunked=False)
-        items = zip(*iterables)
-        fs = [self.submit(run_chunk, fn, chunk)
-              for chunk in iter(lambda: tuple(itertools.islice(items, chunksize)), ())]
-        return self._results(fs, end_time, chunked=True)
+        chunked = chunksize > 1
+        items: Iterator = zip(*iterables)
+        if chunked:
+            zipped = items
+            items = iter(lambda: tuple(itertools.islice(zipped, chunksize)), ())
 
-    def _results(self, fs: list, end_time: float | None, chunked: bool) -> Iterator:
-        # A generator of its own, so that map() submits at once, as the stdlib's does.
-        try:
-            fs.reverse()
-            while fs:
-                future = fs[-1]
-                timeout = None if end_time is None else end_time - time.monotonic()
-                value = future.result(timeout)
-                fs.pop()
-                if chunked:
-                    yield from value
-                else:
-                    yield value
-        finally:
-            # One request for all of them, not a round trip each.
-            self._session.cancel([f for f in fs if isinstance(f, TaskFuture)])
+            def submit_next(ex: Executor, chunk: tuple) -> Future:
+                return ex.submit(run_chunk, fn, chunk)
+        else:
+            def submit_next(ex: Executor, args: tuple) -> Future:
+                return ex.submit(fn, *args)
+
+        if buffersize is None:
+            fs: Any = [submit_next(self, args) for args in items]
+            rest = None
+        else:
+            fs = collections.deque(submit_next(self, args)
+                                   for args in itertools.islice(items, buffersize))
+            # The results may outlive the executor; it then submits no more.
+            rest = (items, weakref.ref(self), submit_next)
+        return _results(fs, rest, end_time, chunked, self._session)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
             self._shutdown = True
         if cancel_futures:
-            self._session.cancel(self._session.pending_futures())
+            # As the stdlib's: calls a worker has taken (running, or waiting
+            # there as in ProcessPoolExecutor's call queue) still run.
+            self._session.cancel(self._session.pending_futures(), queued_only=True)
         self._session.close(wait=wait)
 
     shutdown.__doc__ = _BaseExecutor.shutdown.__doc__
+
+    def terminate_workers(self) -> None:
+        """Stop at once, as Python 3.14's ``ProcessPoolExecutor.terminate_workers``:
+        cancel every call not started, fail those running with
+        ``ExecutorTerminated``, refuse new ones, and end the embedded cluster's
+        worker processes with SIGTERM. Against a shared broker (``address``) no
+        process is signalled, as other clients' tasks run there too: this
+        executor's running calls go on to their end on their workers, and their
+        results are dropped."""
+        self._force_shutdown(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """As ``terminate_workers()``, with SIGKILL for the embedded cluster's workers."""
+        self._force_shutdown(signal.SIGKILL)
+
+    def _force_shutdown(self, signum: int) -> None:
+        with self._shutdown_lock:
+            self._shutdown = True
+        session = self._session
+        session.cancel(session.pending_futures())  # also what workers hold unstarted
+        how = "terminate_workers()" if signum == signal.SIGTERM else "kill_workers()"
+        session.abandon(ExecutorTerminated(
+            f"the executor was stopped by {how} while this task ran; its result will not "
+            "come. Create a new Executor to run it again."))
+        if self._cluster is not None:
+            self._cluster.signal_workers(signum)
+        session.close(wait=False)
+
+
+def _results(fs: Any, rest: tuple | None, end_time: float | None, chunked: bool,
+             session: Session) -> Iterator:
+    """map()'s results in order: a generator of its own, so that map() submits
+    at once, as the stdlib's does; it holds no result it has yielded."""
+    try:
+        fs.reverse()  # the oldest last, to pop
+        while fs:
+            if rest is not None:  # buffersize: one more in for each one out
+                items, executor, submit_next = rest
+                if (ex := executor()) is not None and (args := next(items, None)) is not None:
+                    fs.appendleft(submit_next(ex, args))
+                del ex
+            timeout = None if end_time is None else end_time - time.monotonic()
+            if chunked:
+                chunk = _take(fs, timeout)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
+            else:
+                yield _take(fs, timeout)
+    finally:
+        # One request for all of them, not a round trip each.
+        session.cancel([f for f in fs if isinstance(f, TaskFuture)])
+
+
+def _take(fs: Any, timeout: float | None) -> Any:
+    """The oldest future's result; the future stays in ``fs`` if it has none yet
+    (for the caller to cancel), and no frame keeps the result once returned."""
+    future = fs.pop()
+    try:
+        return future.result(timeout)
+    except BaseException:
+        fs.append(future)
+        raise
+
+
+def _initializer_frames(initializer: Callable | None, initargs: tuple) -> list:
+    if initializer is None:
+        return []
+    try:
+        return dumps((initializer, initargs))
+    except Exception as exc:
+        raise unsendable(exc, [("the initializer", initializer)]
+                         + [(f"initargs[{i}]", arg) for i, arg in enumerate(initargs)]) from exc

@@ -42,9 +42,11 @@ from protocol import (
     unpack_payloads,
 )
 from protocol import defaults
-from protocol.payload import dumps_call, loads_call, loads_result, send_module_by_value
+from protocol.payload import (
+    dumps, dumps_call, loads_call, loads_result, send_module_by_value,
+)
 from protocol.security import HandshakeWatch, Security, close_watched
-from protocol.sockets import NOBLOCK, SocketTurn, readable, recv_frames, send_frames
+from protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
 from protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
@@ -124,11 +126,12 @@ class TaskFuture(Future):
 
 
 class _CancelRequest:
-    __slots__ = ("task_ids", "request_id", "done")
+    __slots__ = ("task_ids", "request_id", "queued_only", "done")
 
-    def __init__(self, task_ids: list[int], request_id: int) -> None:
+    def __init__(self, task_ids: list[int], request_id: int, queued_only: bool) -> None:
         self.task_ids = task_ids
         self.request_id = request_id
+        self.queued_only = queued_only  # leave what workers hold
         self.done = threading.Event()
 
 
@@ -181,6 +184,8 @@ class Session:
         self._handshake: HandshakeWatch | None = None
         self._broker_seen = 0.0
         self._last_send = 0.0
+        self.workers = 0  # attached to the broker, as it last said
+        self._workers_changed = threading.Condition()
         # Since when the broker has said it has no worker at all (None: it has some).
         self._no_workers_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="zeropool-client-io", daemon=True)
@@ -199,7 +204,13 @@ class Session:
     # -- called from user threads -------------------------------------------
 
     def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
-        frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
+        try:
+            frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
+        except Exception as exc:
+            raise unsendable(exc, [("the function", fn)]
+                             + [(f"argument {i}", arg) for i, arg in enumerate(args, 1)]
+                             + [(f"keyword argument {key!r}", value)
+                                for key, value in kwargs.items()]) from exc
         self._check_size(frames)
         task_id = next(self._task_ids)
         future = TaskFuture(self, task_id, _stored(frames))
@@ -258,12 +269,13 @@ class Session:
                 "nothing was sent. Pass large data another way (a shared file or store), or "
                 "raise the broker's limit.")
 
-    def cancel(self, futures: Iterable[TaskFuture]) -> None:
-        """Cancel those of ``futures`` that no worker has been given."""
+    def cancel(self, futures: Iterable[TaskFuture], queued_only: bool = False) -> None:
+        """Cancel those of ``futures`` that no worker has started; with
+        ``queued_only``, only those that no worker has been given."""
         task_ids = [f.task_id for f in futures if not (f.running() or f.done())]
         if not task_ids or not self._thread.is_alive():
             return
-        request = _CancelRequest(task_ids, next(self._request_ids))
+        request = _CancelRequest(task_ids, next(self._request_ids), queued_only)
         if threading.current_thread() is self._thread:
             # From a done-callback: the I/O thread cannot wait for itself, so
             # only tasks still here are cancelled.
@@ -276,6 +288,16 @@ class Session:
         while not request.done.wait(1.0):
             if not self._thread.is_alive():
                 return
+
+    def abandon(self, exc: BaseException) -> None:
+        """Fail every pending future with ``exc`` now; results that come later are dropped."""
+        self._fail_all(exc)
+        self._waker.wake()
+
+    def wait_for_workers(self, count: int, timeout: float) -> bool:
+        """Wait until the broker reports at least ``count`` workers attached."""
+        with self._workers_changed:
+            return self._workers_changed.wait_for(lambda: self.workers >= count, timeout)
 
     def pending_futures(self) -> list[TaskFuture]:
         with self._lock:
@@ -354,6 +376,10 @@ class Session:
                 if self._connected:
                     self._send(Bye("client shut down"))
                 return
+            if self._handshake.handshakes > 1:
+                # libzmq connected again by itself: what was on its way over
+                # the old connection may be lost, so start over and resubmit.
+                self._broker_seen = 0.0
             now = time.monotonic()
             if (self._closing and self._pending and self._no_workers_since is not None
                     and now - self._no_workers_since > self._connect_timeout):
@@ -386,6 +412,9 @@ class Session:
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.LINGER, 0)
         sock.copy_threshold = defaults.COPY_THRESHOLD
+        # The broker tells a client that is busy (its threads held up by the
+        # GIL) from a gone one by whether libzmq's heartbeats keep it connected.
+        keep_alive(sock, self._heartbeat_interval, self._liveness)
         if self._security is not None:
             self._security.apply(sock)
         self._socket = sock
@@ -440,6 +469,9 @@ class Session:
                     self._refused = message.reason
                     return
                 elif message.op is Op.HEARTBEAT:
+                    with self._workers_changed:
+                        self.workers = message.workers
+                        self._workers_changed.notify_all()
                     if message.workers:
                         self._no_workers_since = None
                     elif self._no_workers_since is None:
@@ -512,7 +544,7 @@ class Session:
             request.done.set()
             return
         self._cancels[request.request_id] = request
-        self._send(Cancel(request.request_id, ask))
+        self._send(Cancel(request.request_id, ask, queued_only=request.queued_only))
 
     def _on_cancel_reply(self, reply: CancelReply) -> None:
         request = self._cancels.pop(reply.request_id, None)
@@ -628,7 +660,7 @@ class Session:
             # This process has the module: the call unpickles here, to pickle again by value.
             frames = dumps_call(*loads_call(task.frames if type(task.frames) is list
                                             else [task.frames]))
-        except Exception:
+        except BaseException:  # the I/O thread must live on
             return False
         task_id = next(self._task_ids)
         task.task_id = task_id
@@ -694,6 +726,28 @@ class Session:
             return False
         self._last_send = time.monotonic()
         return True
+
+
+def unsendable(exc: Exception, parts: list[tuple[str, Any]]) -> pickle.PicklingError:
+    """A clear error for a call (or an initializer) that cannot be pickled:
+    which of its ``parts`` (name, value) pickle refused, and why."""
+    culprit = "the call"
+    for name, value in parts:
+        try:
+            dumps(value)
+        except Exception:
+            culprit = f"{name} ({type(value).__module__}.{type(value).__qualname__})"
+            break
+    if "inherit" in str(exc):
+        advice = ("Workers are separate processes, started on their own and never forked "
+                  "from this one, so what only a child process can inherit (a "
+                  "multiprocessing lock, queue or pipe) never reaches them. Create it in the "
+                  "task or the initializer, or use a multiprocessing.Manager() proxy.")
+    else:
+        advice = ("Workers are separate processes: everything a call needs travels by "
+                  "pickle. Make it picklable, or create it in the task or the initializer.")
+    return pickle.PicklingError(f"cannot send {culprit} to the workers: "
+                                f"{type(exc).__name__}: {exc}. {advice} Nothing was sent.")
 
 
 def _start(future: Future) -> bool:

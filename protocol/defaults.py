@@ -6,9 +6,11 @@ from __future__ import annotations
 # would try to call).
 PROTOCOL_VERSION = 3
 
-# A peer silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is dead.
-# One second keeps idle traffic negligible; five misses tolerate a busy GIL or
-# a loaded machine while still detecting a dead peer within a few seconds.
+# A connection silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is
+# closed by libzmq, and its peer is dead (see broker.server, "Liveness"); a peer
+# whose connection lives is not, however long its Python threads are silent.
+# One second keeps idle traffic negligible; five misses tolerate a loaded
+# machine or network while still detecting a dead peer within a few seconds.
 HEARTBEAT_INTERVAL = 1.0
 HEARTBEAT_LIVENESS = 5
 

@@ -262,21 +262,32 @@ class Submit(Message):
 
 @dataclass(frozen=True, slots=True)
 class Cancel(Message):
-    """Asks the broker to drop queued tasks; answered by CANCEL_REPLY."""
+    """Asks the broker to drop tasks no worker has started; answered by CANCEL_REPLY.
+
+    With ``queued_only`` (``shutdown(cancel_futures=True)``) the broker first
+    hands queued tasks to workers with free slots, as a process pool's call
+    queue keeps the calls it holds, then drops only what is still queued; it
+    does not ask workers for tasks they hold unstarted.
+    """
 
     op: ClassVar[Op] = Op.CANCEL
     request_id: int
     task_ids: list
+    queued_only: bool = False
 
     def header(self) -> dict:
-        return {"op": self.op.value, "request_id": self.request_id, "task_ids": self.task_ids}
+        header = {"op": self.op.value, "request_id": self.request_id, "task_ids": self.task_ids}
+        if self.queued_only:  # absent means False
+            header["queued_only"] = True
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> Cancel:
         task_ids = _get(header, "task_ids", list)
         for task_id in task_ids:
             _check_uint(task_id, "task id")
-        return cls(_uint(header, "request_id"), task_ids)
+        queued_only = _get(header, "queued_only", bool) if "queued_only" in header else False
+        return cls(_uint(header, "request_id"), task_ids, queued_only)
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,20 +271,34 @@ def loads_call(frames: Sequence) -> tuple[Callable, tuple, dict]:
     return fn, args, kwargs
 
 
+# The user's code runs inside pickling (``__reduce__``, ``__getstate__``, ``__str__``)
+# and may raise anything, SystemExit and KeyboardInterrupt included: dumps_result
+# and dumps_exception catch BaseException, so that every task still gets an answer.
+
 def dumps_result(value: Any) -> tuple[Status, list]:
     """Frames for a return value, or for the error saying why it would not pickle."""
     try:
         return Status.OK, dumps(value)
-    except Exception as exc:
+    except BaseException as exc:
         error = pickle.PicklingError(
             f"the task's result of type {type(value).__name__} could not be pickled: "
-            f"{type(exc).__name__}: {exc}")
+            f"{type(exc).__name__}: {_safe_str(exc)}")
         error.__cause__ = exc
         return dumps_exception(error)
 
 
+def _safe_str(value: Any) -> str:
+    try:
+        return str(value)
+    except BaseException:
+        return f"<str() of the {type(value).__name__} failed>"
+
+
 def _format(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except BaseException:
+        return f"{type(exc).__qualname__} (its traceback could not be formatted)\n"
 
 
 def _rebuild_exception(exc: BaseException, tb: str) -> BaseException:
@@ -311,8 +325,8 @@ def dumps_exception(exc: BaseException, status: Status = Status.RAISED) -> tuple
         frames = dumps(_ExceptionWithTraceback(exc, tb))
         loads(frames)  # an exception may pickle and still fail to unpickle
         return status, frames
-    except Exception:
-        substitute = RemoteError(type(exc).__qualname__, str(exc), tb)
+    except BaseException:
+        substitute = RemoteError(type(exc).__qualname__, _safe_str(exc), tb)
         return status, dumps(substitute)
 
 

@@ -134,6 +134,9 @@ class HandshakeWatch:
         self._security = security
         self._socket = socket
         self._unexplained = 0
+        # Successful handshakes seen so far: more than one means ZeroMQ
+        # connected again by itself, and what was on its way may be lost.
+        self.handshakes = 0
         self.monitor = socket.get_monitor_socket(
             zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_AUTH
             | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
@@ -153,6 +156,7 @@ class HandshakeWatch:
             event, value = message["event"], message["value"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self._unexplained = 0
+                self.handshakes += 1
             elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 return _UNAUTHORIZED.format(key=key_id(self._security.public_key)
                                             if self._security else "(none)")

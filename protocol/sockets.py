@@ -27,6 +27,24 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
 
+def keep_alive(sock: zmq.Socket, heartbeat_interval: float, liveness: int) -> None:
+    """ZMTP heartbeats on ``sock``, before it binds or connects: libzmq pings
+    the peer every ``heartbeat_interval`` and closes a connection that stays
+    silent for ``liveness`` intervals (and asks the peer to do the same).
+
+    libzmq's I/O thread answers pings without the GIL, so a peer whose Python
+    threads are held up (a C call that keeps the GIL) keeps its connection,
+    while a stopped process or a cut link loses it: whether a connection
+    lives is how the broker tells a busy peer from a dead one.
+    """
+    interval_ms = max(1, round(heartbeat_interval * 1000))
+    window_ms = max(interval_ms, round(heartbeat_interval * liveness * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_IVL, interval_ms)
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, window_ms)
+    # Sent in deciseconds, 16 bits: 0.1 s to 6553.5 s (0 would switch it off).
+    sock.setsockopt(zmq.HEARTBEAT_TTL, min(max(window_ms, 100), 6_553_500))
+
+
 def readable(sock: zmq.Socket) -> bool:
     """Whether a message waits (also what re-arms the socket's ZMQ_FD)."""
     return bool(_get(sock, _EVENTS) & _POLLIN)

@@ -128,6 +128,24 @@ def no_process_left_behind():
     assert not left, f"processes left running after the test: {sorted(left)}"
 
 
+@pytest.fixture(autouse=True)
+def tests_travel_by_reference():
+    """Workers started by command line cannot import this package, so a client
+    sends it by value from then on, for the rest of its process; each test
+    starts with it by reference again (tracebacks, module state)."""
+    yield
+    if "cloudpickle" not in sys.modules:
+        return
+    import cloudpickle
+
+    from protocol import payload
+    try:
+        cloudpickle.unregister_pickle_by_value(sys.modules["tests"])
+    except ValueError:
+        return  # it was not registered
+    payload._forget_function_pickles()
+
+
 @pytest.fixture(scope="module")
 def shared_cluster():
     """A broker and two one-thread workers shared by a module's tests."""

@@ -211,3 +211,69 @@ def print_lots(megabytes):
     for i in range(count):
         print(line)
     return count
+
+
+# -- for the Executor contract (tests/test_contract.py), after CPython's own
+# Lib/test/test_concurrent_futures: module-level, so that every pool can import them.
+
+def capture(*args, **kwargs):
+    return args, kwargs
+
+
+class MyObject:
+    def my_method(self):
+        pass
+
+
+def make_dummy_object(_):
+    return MyObject()
+
+
+class FalseyBoolError(Exception):
+    def __bool__(self):
+        return False
+
+
+class FalseyLenError(Exception):
+    def __len__(self):
+        return 0
+
+
+def raiser(exception_type, message):
+    raise exception_type(message)
+
+
+def raise_when_file(path, message):
+    """Wait for ``path`` (inside a task), then raise ValueError(message)."""
+    wait_for_file(path)
+    raise ValueError(message)
+
+
+def wait_then_print(path, text):
+    """Wait for ``path``, then print ``text``: a task still running when its
+    process's interpreter begins to exit."""
+    wait_for_file(path)
+    print(text, flush=True)
+
+
+def type_name(obj):
+    return type(obj).__name__
+
+
+def state_type_name(_=None):
+    """The type of what the initializer stored (see set_state)."""
+    return type(_state).__name__
+
+
+class MarkWhenFreed:
+    """Leaves a file, named by the process, in each process where a copy of
+    it is freed."""
+
+    def __init__(self, directory):
+        self.directory = directory
+
+    def __del__(self):
+        try:
+            touch(os.path.join(self.directory, str(os.getpid())))
+        except Exception:
+            pass  # at interpreter exit, or the directory is gone

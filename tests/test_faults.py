@@ -1,8 +1,9 @@
 """Faults caused for real: SIGKILL, SIGSTOP, os._exit, broker restarts, drains.
 
-Brokers here run with a 0.2 s heartbeat and liveness 5, so a silent peer is
-declared dead within about a second; clients and workers take those settings
-from the broker's WELCOME.
+Brokers here run with a 0.2 s heartbeat and liveness 5, so the connection of a
+stopped or cut-off peer is closed, and the peer declared dead, within about a
+second (a killed one at once); clients and workers take those settings from
+the broker's WELCOME.
 """
 from __future__ import annotations
 

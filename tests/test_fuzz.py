@@ -353,7 +353,8 @@ def valid_messages(draw, client_ids):
         rows = [[t, n, b"" if n else FORGED[0]] for t, n in rows]
         return Submit(rows), junk(sum(n for _, n, _ in rows))
     if kind is Op.CANCEL:
-        return Cancel(draw(st.integers(0, U64)), draw(st.lists(task_ids, max_size=4))), []
+        return Cancel(draw(st.integers(0, U64)), draw(st.lists(task_ids, max_size=4)),
+                      draw(st.booleans())), []
     if kind is Op.CANCEL_REPLY:
         return CancelReply(draw(st.integers(0, U64)), draw(st.lists(task_ids, max_size=4))), []
     if kind is Op.RESULTS:

@@ -50,6 +50,7 @@ ROUND_TRIPS = [
     pytest.param(Submit([[0, 1, b""], [U64_MAX, 2, b""], [5, 0, b"inline"]]), [b"a", b"b", b"c"], None,
                  id="submit"),
     pytest.param(Cancel(3, [1, 2, U64_MAX]), [], None, id="cancel"),
+    pytest.param(Cancel(3, [1], queued_only=True), [], None, id="cancel-queued-only"),
     pytest.param(CancelReply(3, [2]), [], None, id="cancel-reply"),
     pytest.param(Dispatch([[PEER, 1, 1, b""], [b"c" * MAX_PEER_ID, 2, 0, b"call-2"]], [[PEER, 1]]),
                  [b"init", b"call"], None, id="dispatch"),
@@ -113,6 +114,16 @@ def test_welcome_accepts_an_integer_interval_as_float():
                                         "max_message_size": 1 << 30})])
     assert decoded == Welcome(1, 2.0, 3)
     assert type(decoded.heartbeat_interval) is float
+
+
+def test_a_cancel_says_queued_only_only_when_it_is():
+    """Absent means False, so a plain cancel's header is as it always was."""
+    assert "queued_only" not in Cancel(1, [2]).header()
+    assert Cancel(1, [2], queued_only=True).header()["queued_only"] is True
+    decoded, _ = protocol.decode([pack(with_(CANCEL, queued_only=False))])
+    assert decoded == Cancel(1, [1]) and decoded.queued_only is False
+    decoded, _ = protocol.decode([pack(CANCEL)])
+    assert decoded.queued_only is False
 
 
 def test_hello_role_decodes_as_enum():
@@ -208,6 +219,9 @@ BAD_HEADERS = [
     pytest.param(pack(with_(CANCEL, task_ids=["1"])), None, id="cancel-id-is-str"),
     pytest.param(pack(with_(CANCEL, task_ids=[False])), None, id="cancel-id-is-bool"),
     pytest.param(pack(with_(CANCEL, task_ids=1)), None, id="cancel-ids-not-a-list"),
+    pytest.param(pack(with_(CANCEL, queued_only=1)), None, id="cancel-queued-only-is-int"),
+    pytest.param(pack(with_(CANCEL, queued_only="true")), None, id="cancel-queued-only-is-str"),
+    pytest.param(pack(with_(CANCEL, queued_only=None)), None, id="cancel-queued-only-is-nil"),
     pytest.param(pack(with_(SUBMIT, tasks=[["1", 1, b""]])), None, id="submit-id-is-str"),
     pytest.param(pack(with_(SUBMIT, tasks=[[True, 1, b""]])), None, id="submit-id-is-bool"),
     pytest.param(pack(with_(SUBMIT, tasks=[[1, 1.0, b""]])), None, id="submit-nframes-is-float"),

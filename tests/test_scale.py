@@ -23,14 +23,14 @@ def test_ten_thousand_tasks_through_two_workers(shared_cluster):
 
 @pytest.mark.timeout(120)
 def test_long_task_does_not_stall_heartbeats_or_other_results(programs, tmp_path):
-    # Default heartbeats: a worker silent for 5 s would be declared dead and
-    # its task requeued, so a 30 s task shows the I/O loop keeps talking.
-    _, address = programs.broker()
+    # A task far longer than the liveness window (0.6 s) runs once, and other
+    # results keep flowing meanwhile: the worker's I/O loop keeps talking.
+    _, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "3")
     programs.worker(address, "--threads", "2")
     runs = tmp_path / "runs"
     runs.mkdir()
     with client.Executor(address) as ex:
-        long = ex.submit(helpers.count_run_then_sleep, str(runs), 30, "long")
+        long = ex.submit(helpers.count_run_then_sleep, str(runs), 4, "long")
         short = [ex.submit(helpers.square, i) for i in range(500)]
         for future in cf.as_completed(short, timeout=60):
             assert future.result() is not None

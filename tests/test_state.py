@@ -425,43 +425,41 @@ def test_first_registration_expires_nothing():
 
 # -- liveness --------------------------------------------------------------------
 
-def test_expire_removes_silent_workers_and_clients():
+def test_silent_names_peers_quiet_past_the_timeout_and_removes_none():
     state = make_state(C1, C2, timeout=10.0)
-    state.add_worker(W1, 1, now=0.0)
-    state.add_worker(W2, 1, now=0.0)
-    state.seen(W2, now=5.0)
-    state.seen(C2, now=5.0)
-    expired = state.expire(now=12.0)
-    assert expired.workers == [W1]
-    assert expired.clients == [(C1, 0)]
-    assert state.role_of(W1) is None and state.role_of(C1) is None
-    assert state.role_of(W2) == "worker" and state.role_of(C2) == "client"
-
-
-def test_expire_keeps_peers_seen_within_the_timeout():
-    state = make_state(C1, timeout=10.0)
-    state.add_worker(W1, 1, now=0.0)
-    expired = state.expire(now=10.0)
-    assert (expired.workers, expired.clients) == ([], [])
-    assert state.role_of(W1) == "worker" and state.role_of(C1) == "client"
-
-
-def test_expired_worker_tasks_are_requeued_as_lost():
-    state = make_state(C1, timeout=10.0)
     submit_all(state, C1, [1])
     state.add_worker(W1, 1, now=0.0)
+    state.add_worker(W2, 1, now=0.0)
     state.assign()
-    state.seen(C1, now=15.0)
-    expired = state.expire(now=15.0)
-    assert expired.workers == [W1]
-    assert expired.requeued == 1
-    assert state.queued[(C1, 1)].lost_on == (W1,)
+    state.seen(W2, now=5.0)
+    state.seen(C2, now=5.0)
+    assert sorted(state.silent(now=12.0)) == sorted([W1, C1])
+    # A silent peer may be a live one held up by the GIL: it keeps its tasks.
+    assert state.role_of(W1) == "worker" and state.role_of(C1) == "client"
+    assert state.in_flight == {(C1, 1): W1}
+
+
+def test_silent_keeps_peers_seen_within_the_timeout():
+    state = make_state(C1, timeout=10.0)
+    state.add_worker(W1, 1, now=0.0)
+    assert state.silent(now=10.0) == []
+
+
+def test_a_silent_peer_is_named_once_until_it_speaks_again():
+    state = make_state(C1, timeout=10.0)
+    state.add_worker(W1, 1, now=0.0)
+    state.seen(C1, now=100.0)
+    assert state.silent(now=12.0) == [W1]
+    assert state.silent(now=13.0) == []
+    state.seen(W1, now=14.0)
+    assert state.silent(now=20.0) == []
+    assert state.silent(now=25.0) == [W1]
 
 
 def test_re_adding_a_client_refreshes_it():
     state = make_state(C1, timeout=10.0)
     state.add_client(C1, [b"init"], now=8.0)
-    assert state.expire(now=15.0).clients == []
+    assert state.silent(now=15.0) == []
     assert state.clients[C1].init_frames == [b"init"]
 
 

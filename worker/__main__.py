@@ -17,7 +17,7 @@ RET_USAGE = 2  # bad command line (argparse's own code)
 # Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone).
 
 
-def _env_int(name: str, default: int) -> int:
+def _env_int(name: str, default: int | None) -> int | None:
     value = os.environ.get(name)
     return int(value) if value else default
 
@@ -38,9 +38,10 @@ def parser() -> argparse.ArgumentParser:
                    "(default: $ZEROPOOL_ADDRESS)")
     p.add_argument("--threads", type=_positive, default=_env_int("ZEROPOOL_THREADS", 1),
                    help="tasks each process runs at once (default: $ZEROPOOL_THREADS or 1)")
-    p.add_argument("--processes", type=_positive, default=_env_int("ZEROPOOL_PROCESSES", 1),
-                   help="worker processes to start, for CPU-bound work "
-                   "(default: $ZEROPOOL_PROCESSES or 1)")
+    p.add_argument("--processes", type=_positive, default=_env_int("ZEROPOOL_PROCESSES", None),
+                   help="worker processes to start, for CPU-bound work; when given (even 1), "
+                   "a supervisor starts them and restarts one that dies (default: "
+                   "$ZEROPOOL_PROCESSES, else this one process, unsupervised)")
     p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL,
                    metavar="SECONDS",
                    help=f"seconds between heartbeats (default: {defaults.HEARTBEAT_INTERVAL})")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         return int(agent.run())
 
-    if args.processes == 1:
+    if args.processes is None:
         return run_agent()
     from worker.supervisor import supervise
     return supervise(args.processes, run_agent, watch_fd=args.watch_fd)

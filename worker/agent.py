@@ -35,7 +35,15 @@ task still running when it wakes, tasks queued, draining, a reconnect, or
 LEND_IDLE without a task.
 
 If the broker falls silent for ``liveness`` heartbeats the worker reconnects
-with a delay that doubles up to a cap, and offers the slots it has free.
+with a delay that doubles up to a cap, and offers the slots it has free; it
+reads what waits first, since this loop may itself have been held up (a task
+keeping the GIL) while the broker's heartbeats queued. It also starts over
+when ZeroMQ has connected its socket again by itself, since messages on the
+old connection may be lost. The connection has ZMTP heartbeats, which
+libzmq's I/O thread answers without the GIL (protocol.sockets.keep_alive): a
+task holding the GIL does not make the broker take this worker for dead. A
+worker whose parent has gone (``watch_fds``) stops quietly, even when it
+hears first from the broker that it goes away too.
 """
 from __future__ import annotations
 
@@ -59,7 +67,7 @@ from protocol import (
 )
 from protocol import defaults
 from protocol.security import HandshakeWatch, Security, close_watched
-from protocol.sockets import NOBLOCK, SocketTurn, readable, recv_frames, send_frames
+from protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
 from protocol.waker import Waker
 from worker.runner import Runner
 
@@ -221,6 +229,9 @@ class Agent:
                 # directory), so keep trying, at the reconnect back-off.
                 log.error("%s; retrying in %.1fs", failure, self._reconnect_delay)
                 self._broker_seen = 0.0
+            # Read what waits before judging the broker by its silence: this
+            # loop may have been held up (a task holding the GIL) while the
+            # broker's heartbeats queued here.
             outcome = self._read_all()
             if outcome is None:
                 outcome, self._exit = self._exit, None
@@ -254,8 +265,18 @@ class Agent:
                 self._send(Bye("worker drained"))
                 log.info("drained; leaving")
                 return Exit.OK
+            if self._handshake.handshakes > 1:
+                # ZeroMQ connected this socket again by itself: messages on their
+                # way over the old connection are lost, tasks among them. Start
+                # over as a new worker, so the broker requeues what it sent this one.
+                log.info("the connection to broker %s was made again; registering anew",
+                         self.address)
+                self._broker_seen = 0.0
             now = time.monotonic()
             if now - self._broker_seen > self.heartbeat_interval * self.liveness:
+                if self._parent_gone():  # the broker went with it: no reconnecting, no warning
+                    log.info("parent process has exited; stopping")
+                    return Exit.PARENT_GONE
                 if self._draining and not self._running:
                     log.warning("broker %s is gone while draining; leaving", self.address)
                     return Exit.OK
@@ -275,6 +296,8 @@ class Agent:
         sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
         sock.setsockopt(zmq.LINGER, 0)
         sock.copy_threshold = defaults.COPY_THRESHOLD
+        # The connection outlives a task that holds the GIL (see broker.server, "Liveness").
+        keep_alive(sock, self.heartbeat_interval, self.liveness)
         if self.security is not None:
             self.security.apply(sock)
         self._socket = sock
@@ -339,9 +362,23 @@ class Agent:
                 else:
                     log.error("the broker reports: %s: %s", message.code, message.message)
             elif message.op is Op.BYE:
+                if self._parent_gone():
+                    # An embedded cluster stopping: its broker saw the watched
+                    # pipe close first. A normal stop, not worth a warning.
+                    log.info("parent process has exited; stopping")
+                    return Exit.PARENT_GONE
                 log.warning("the broker is going away (%s); will reconnect", message.reason)
                 self._broker_seen = 0.0  # reconnect on the next pass
         return None
+
+    def _parent_gone(self) -> bool:
+        """Whether a watched pipe reads as closed now (without waiting)."""
+        if not self.watch_fds:
+            return False
+        poller = select.poll()
+        for fd in self.watch_fds:
+            poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
         # Also while draining: these were sent before the broker saw DRAIN.

@@ -1,6 +1,8 @@
 """Runs tasks on a worker's threads. ``run`` never raises: every outcome,
 including a broken payload or an unpicklable result, becomes a status and
-frames to send back."""
+frames to send back. User code runs at every hop (unpickling the call, the
+call, pickling its result or exception) and may raise any BaseException,
+SystemExit and KeyboardInterrupt included: each becomes the task's error."""
 from __future__ import annotations
 
 import collections
@@ -158,6 +160,18 @@ class Runner:
         self._notify()
 
     def run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
+        try:
+            return self._run(client_id, frames)
+        except BaseException as exc:
+            # Reporting the outcome failed, though every hop in _run catches
+            # what user code raises: a task thread that died here would leave
+            # the task unanswered for ever, so this still answers, if only
+            # with a name.
+            log.exception("could not report the outcome of a task")
+            return dumps_exception(RuntimeError(
+                f"the worker could not report this task's outcome: {type(exc).__qualname__}"))
+
+    def _run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
         failed = self._initialize(client_id)
         if failed is not None:
             return failed
