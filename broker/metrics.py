@@ -11,7 +11,7 @@ from prometheus_client.core import (
     CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
 )
 
-from broker.stats import Histogram
+from broker.stats import Histogram, slots
 
 
 class _Collector:
@@ -26,6 +26,15 @@ class _Collector:
                                 value=len(state.in_flight))
         yield GaugeMetricFamily("zeropool_workers", "Workers connected", value=len(state.workers))
         yield GaugeMetricFamily("zeropool_clients", "Clients connected", value=len(state.clients))
+        # What autoscaling needs (deploy/kubernetes/scaledobject.yaml): demand
+        # divided by the slots of one worker is the number of workers the work asks for.
+        counts = slots(state)
+        yield GaugeMetricFamily(
+            "zeropool_demand_slots", "Worker slots the work asks for: tasks queued, held on "
+            "workers and running", value=counts.demand)
+        yield GaugeMetricFamily(
+            "zeropool_capacity_slots", "Worker slots connected: threads of the workers that "
+            "take tasks (draining ones excluded)", value=counts.capacity)
         for name, value, text in (
                 ("submitted", stats.submitted, "Tasks accepted from clients"),
                 ("completed", stats.completed, "Tasks that returned a value"),

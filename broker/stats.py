@@ -8,6 +8,11 @@ from __future__ import annotations
 import bisect
 import collections
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.state import BrokerState
 
 # Seconds; the last bucket catches everything.
 TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
@@ -63,3 +68,33 @@ class Stats:
             return 0.0
         then, finished = self._samples[0]
         return (self.finished - finished) / (now - then) if now > then else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Slots:
+    """Demand and capacity in worker slots (one slot runs one task at a time),
+    for autoscaling: ``demand / capacity`` above 1 means tasks wait for a slot."""
+
+    queued: int  # tasks in the broker's queue
+    # Tasks on workers: running, or held there waiting behind others
+    # (prefetched), including those of gone clients a worker still runs.
+    on_workers: int
+    capacity: int  # threads of the connected workers that take tasks (not draining)
+
+    @property
+    def demand(self) -> int:
+        return self.queued + self.on_workers
+
+
+def slots(state: BrokerState) -> Slots:
+    """Demand and capacity from a ``BrokerState``.
+
+    Safe from a thread other than the loop's, as the metrics endpoint's is:
+    it copies the workers (one C-level call, atomic under the GIL) before
+    iterating, and reads only sizes. A reading taken while the loop moves a
+    task from the queue to a worker may be off by that task.
+    """
+    workers = list(state.workers.values())
+    return Slots(queued=state.queued_count,
+                 on_workers=sum(worker.occupied for worker in workers),
+                 capacity=sum(worker.threads for worker in workers if not worker.draining))
