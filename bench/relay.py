@@ -18,7 +18,7 @@ import time
 
 import zmq
 
-from client.cluster import local_address
+from zeropool.client.cluster import local_address
 
 _TIMEOUT_MS = 60_000  # a stuck relay fails the bench instead of hanging it
 

@@ -76,9 +76,9 @@ class _DaskExecutor(cf.Executor):
 
 
 def pools() -> dict[str, Callable[[], cf.Executor]]:
-    import client
+    import zeropool
     found: dict[str, Callable[[], cf.Executor]] = {
-        "zeropool": lambda: client.Executor(WORKERS),
+        "zeropool": lambda: zeropool.Executor(WORKERS),
         PPE: lambda: cf.ProcessPoolExecutor(WORKERS),
     }
     # Found, not imported: importing distributed changes how this process

@@ -1,4 +1,4 @@
-"""Command line: ``broker --bind tcp://127.0.0.1:5555`` (also ``python -m broker``),
+"""Command line: ``broker --bind tcp://127.0.0.1:5555`` (also ``python -m zeropool.broker``),
 ``broker keygen DIR --name NAME`` to make CURVE keys, and ``broker status
 ADDRESS`` to see what a running broker is doing."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 import zmq
 
-from protocol import defaults
-from protocol.security import add_key_options, keygen, load_key_pair, security_from_options
+from zeropool.protocol import defaults
+from zeropool.protocol.security import add_key_options, keygen, load_key_pair, security_from_options
 
 log = logging.getLogger("zeropool.broker")
 
@@ -151,7 +151,7 @@ def status_main(argv: list[str]) -> int:
     if not args.address:
         p.error("give the broker's address, e.g. broker status tcp://127.0.0.1:5555")
     security = security_from_options(p, args)
-    from broker.status import query, render
+    from zeropool.broker.status import query, render
     try:
         report = query(args.address, security, args.timeout)
     except (RuntimeError, zmq.ZMQError) as exc:
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if curve is None and not is_loopback(args.bind):
         log.warning("listening on %s WITHOUT authentication (--insecure): anyone who can "
                     "reach it can run code on the workers", args.bind)
-    from broker.server import Broker  # after logging is set up
+    from zeropool.broker.server import Broker  # after logging is set up
 
     try:
         broker = Broker(args.bind, heartbeat_interval=args.heartbeat_interval,
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return RET_BIND
     if args.metrics_port is not None:
         try:
-            from broker.metrics import serve_metrics
+            from zeropool.broker.metrics import serve_metrics
             serve_metrics(broker, args.metrics_port, args.metrics_host)
         except ImportError:
             broker.close()

@@ -15,7 +15,7 @@ import zmq
 import zmq.auth
 from zmq.utils import z85
 
-from protocol.security import key_id
+from zeropool.protocol.security import key_id
 
 log = logging.getLogger("zeropool.broker")
 

@@ -11,7 +11,7 @@ from prometheus_client.core import (
     CollectorRegistry, CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
 )
 
-from broker.stats import Histogram, slots
+from zeropool.broker.stats import Histogram, slots
 
 
 class _Collector:

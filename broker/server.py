@@ -38,18 +38,18 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from broker.auth import KeyRing, ZapHandler
-from broker.state import BrokerState, Expired
-from broker.stats import Stats as Counters
-from protocol import (
+from zeropool.broker.auth import KeyRing, ZapHandler
+from zeropool.broker.state import BrokerState, Expired
+from zeropool.broker.stats import Stats as Counters
+from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
     Withdraw, Withdrawn, WorkerResults, decode, encode, header_budget, pack_payload, text_size,
     unpack_payloads,
 )
-from protocol import defaults
-from protocol.security import key_id
-from protocol.sockets import keep_alive, readable, recv_frames, send_frames
+from zeropool.protocol import defaults
+from zeropool.protocol.security import key_id
+from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
 
 log = logging.getLogger("zeropool.broker")
 

@@ -6,8 +6,8 @@ import time
 
 import zmq
 
-from protocol import PROTOCOL_VERSION, Op, ProtocolError, Stats, decode, encode
-from protocol.security import HandshakeWatch, Security
+from zeropool.protocol import PROTOCOL_VERSION, Op, ProtocolError, Stats, decode, encode
+from zeropool.protocol.security import HandshakeWatch, Security
 
 
 def query(address: str, security: Security | None, timeout: float) -> dict:

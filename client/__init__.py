@@ -1,11 +1,11 @@
 """zeropool's client: a ``concurrent.futures.Executor`` whose workers may be anywhere."""
 from __future__ import annotations
 
-from client.errors import (
+from zeropool.client.errors import (
     BrokerUnreachable, ExecutorTerminated, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
 )
-from client.executor import Executor
-from protocol.security import Security
+from zeropool.client.executor import Executor
+from zeropool.protocol.security import Security
 
 __all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "InitializerError", "RemoteError",
            "RemoteTraceback", "Security", "WorkerLostError"]

@@ -1,7 +1,7 @@
 """An embedded local cluster: a broker and worker processes started for one Executor.
 
 They are started through their installed commands from a neutral working
-directory (a user's ``protocol.py`` cannot shadow ours) and each watches a
+directory (a user's module of the same name as one of ours is not found first) and each watches a
 pipe whose write end only this process holds: when this process exits, even
 by SIGKILL, the pipe reads as closed and they stop. No orphans.
 """
@@ -24,12 +24,12 @@ STOP_TIMEOUT = 5.0
 
 
 def _command(name: str) -> list[str]:
-    """The installed console script beside this interpreter, else ``python -m``."""
+    """The installed console script beside this interpreter, else ``python -m zeropool.NAME``."""
     script = os.path.join(os.path.dirname(sys.executable), name)
     if os.access(script, os.X_OK):
         return [script]
     found = shutil.which(name)
-    return [found] if found else [sys.executable, "-m", name]
+    return [found] if found else [sys.executable, "-m", f"zeropool.{name}"]
 
 
 def local_address(directory: str, name: str = "broker") -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 
-from protocol.errors import RemoteError, RemoteTraceback
+from zeropool.protocol.errors import RemoteError, RemoteTraceback
 
 __all__ = ["BrokerUnreachable", "ExecutorTerminated", "InitializerError", "RemoteError", "RemoteTraceback",
            "WorkerLostError"]

@@ -14,12 +14,12 @@ from concurrent.futures import Future
 from multiprocessing.context import BaseContext
 from typing import Any, Callable, Iterable, Iterator
 
-from client.cluster import LocalCluster
-from client.errors import ExecutorTerminated
-from client.session import Session, TaskFuture, unsendable
-from protocol import defaults
-from protocol.payload import dumps, run_chunk
-from protocol.security import Security
+from zeropool.client.cluster import LocalCluster
+from zeropool.client.errors import ExecutorTerminated
+from zeropool.client.session import Session, TaskFuture, unsendable
+from zeropool.protocol import defaults
+from zeropool.protocol.payload import dumps, run_chunk
+from zeropool.protocol.security import Security
 
 log = logging.getLogger("zeropool.client")
 
@@ -76,7 +76,7 @@ class Executor(_BaseExecutor):
         if address is None:
             address = os.environ.get(ENV_ADDRESS) or None
         if security is not None and not isinstance(security, Security):
-            raise TypeError(f"security must be a client.Security, not {type(security).__name__}")
+            raise TypeError(f"security must be a zeropool.Security, not {type(security).__name__}")
         if address is None and security is not None:
             raise ValueError("security applies to a broker given by address; the embedded "
                              "cluster listens on loopback only and needs none")

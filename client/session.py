@@ -35,19 +35,19 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
-from client.errors import BrokerUnreachable, InitializerError, WorkerLostError
-from protocol import (
+from zeropool.client.errors import BrokerUnreachable, InitializerError, WorkerLostError
+from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
     ProtocolError, Role, Status, Submit, decode, encode, header_budget, pack_payload,
     unpack_payloads,
 )
-from protocol import defaults
-from protocol.payload import (
+from zeropool.protocol import defaults
+from zeropool.protocol.payload import (
     dumps, dumps_call, loads_call, loads_result, send_module_by_value,
 )
-from protocol.security import HandshakeWatch, Security, close_watched
-from protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
-from protocol.waker import Waker
+from zeropool.protocol.security import HandshakeWatch, Security, close_watched
+from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
+from zeropool.protocol.waker import Waker
 
 log = logging.getLogger("zeropool.client")
 

@@ -40,13 +40,13 @@ def show_progress() -> int:
     shows a long run's progress (pip install 'zeropool[progress]')."""
     import concurrent.futures
 
-    import client
+    import zeropool
     print("\n=== Progress of a longer run: 200 tasks of 50 ms ===", flush=True)
     try:
         from tqdm import tqdm
     except ImportError:
         tqdm = None
-    with client.Executor() as executor:
+    with zeropool.Executor() as executor:
         futures = [executor.submit(_nap, 0.05) for _ in range(200)]
         done = concurrent.futures.as_completed(futures)
         if tqdm is not None and sys.stderr.isatty():

@@ -1,8 +1,8 @@
 # Seed example 3. Using ThreadPoolExecutor for I/O-bound Tasks
 # The only change from the original: concurrent.futures.ThreadPoolExecutor(max_workers=3)
-# became zeropool's executor (plus the import of client).
+# became zeropool's executor (plus `import zeropool`).
 import concurrent.futures
-import client  # zeropool
+import zeropool
 import time
 
 def worker(number):
@@ -12,7 +12,7 @@ def worker(number):
     print(f"Worker {number} finished")
     
 def main():
-    with client.Executor(max_workers=3) as executor:
+    with zeropool.Executor(max_workers=3) as executor:
         # Submit tasks to the executor
         future_to_number = {executor.submit(worker, i): i for i in range(10)}
         

@@ -1,8 +1,8 @@
 # Seed example 4. Using ProcessPoolExecutor for CPU-bound Tasks
 # The only change from the original: concurrent.futures.ProcessPoolExecutor(max_workers=3)
-# became zeropool's executor (plus the import of client).
+# became zeropool's executor (plus `import zeropool`).
 import concurrent.futures
-import client  # zeropool
+import zeropool
 import math
 
 def worker(data):
@@ -15,7 +15,7 @@ def worker(data):
 def main():
     data_chunks = [range(1000), range(1000), range(1000)]
     
-    with client.Executor(max_workers=3) as executor:
+    with zeropool.Executor(max_workers=3) as executor:
         # Submit tasks to the executor
         future_to_data = {executor.submit(worker, chunk): chunk for chunk in data_chunks}
         

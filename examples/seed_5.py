@@ -1,8 +1,8 @@
 # Seed example 5. Using ThreadPoolExecutor and Future Objects
 # The only change from the original: concurrent.futures.ThreadPoolExecutor(max_workers=3)
-# became zeropool's executor (plus the import of client).
+# became zeropool's executor (plus `import zeropool`).
 import concurrent.futures
-import client  # zeropool
+import zeropool
 import time
 
 def worker(number):
@@ -14,7 +14,7 @@ def worker(number):
     return result
 
 def main():
-    with client.Executor(max_workers=3) as executor:
+    with zeropool.Executor(max_workers=3) as executor:
         # Submit tasks to the executor
         future_list = [executor.submit(worker, i) for i in range(10)]
         

@@ -5,11 +5,11 @@ code), so that the broker, which imports only this, never loads an unpickler.
 """
 from __future__ import annotations
 
-from protocol.defaults import PROTOCOL_VERSION
-from protocol.frames import (
+from zeropool.protocol.defaults import PROTOCOL_VERSION
+from zeropool.protocol.frames import (
     decode, encode, header_budget, pack_payload, split_frames, text_size, unpack_payloads,
 )
-from protocol.messages import (
+from zeropool.protocol.messages import (
     Bye,
     Cancel,
     CancelReply,

@@ -9,8 +9,8 @@ from typing import Sequence
 
 import msgpack
 
-from protocol.defaults import INLINE_MAX
-from protocol.messages import (
+from zeropool.protocol.defaults import INLINE_MAX
+from zeropool.protocol.messages import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
     Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, Withdraw, Withdrawn,
     WorkerResults, short_repr,

@@ -19,7 +19,7 @@ import reprlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from protocol.defaults import PROTOCOL_VERSION
+from zeropool.protocol.defaults import PROTOCOL_VERSION
 
 __all__ = [
     "Op", "Role", "Status", "ProtocolError", "Message",

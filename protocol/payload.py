@@ -34,8 +34,8 @@ from typing import Any, Callable, Sequence
 
 import cloudpickle
 
-from protocol.errors import RemoteError, RemoteTraceback
-from protocol.messages import Status
+from zeropool.protocol.errors import RemoteError, RemoteTraceback
+from zeropool.protocol.messages import Status
 
 __all__ = ["dumps", "loads", "dumps_call", "loads_call", "dumps_result",
            "dumps_exception", "loads_result", "run_chunk", "send_module_by_value"]
@@ -44,7 +44,7 @@ __all__ = ["dumps", "loads", "dumps_call", "loads_call", "dumps_result",
 # costs more than copying a few kilobytes.
 OUT_OF_BAND_MIN = 64 * 1024
 
-_OUR_PACKAGES = frozenset({"protocol", "client", "worker", "broker"})
+_OUR_PACKAGES = frozenset({"zeropool"})
 
 # Values the C pickler writes without ever asking reducer_override: for these
 # the stdlib's pickle.dumps is the plain pickler, without its set-up.

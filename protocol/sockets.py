@@ -16,7 +16,7 @@ from typing import Sequence
 import zmq
 from zmq.backend import Socket as _Socket
 
-from protocol.waker import Waker
+from zeropool.protocol.waker import Waker
 
 _send = _Socket.send
 _recv = _Socket.recv

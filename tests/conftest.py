@@ -18,7 +18,7 @@ BIN = os.path.dirname(sys.executable)
 
 def command(name: str) -> list[str]:
     script = os.path.join(BIN, name)
-    return [script] if os.path.exists(script) else [sys.executable, "-m", name]
+    return [script] if os.path.exists(script) else [sys.executable, "-m", f"zeropool.{name}"]
 
 
 def descendants(pid: int) -> set[int]:
@@ -138,7 +138,7 @@ def tests_travel_by_reference():
         return
     import cloudpickle
 
-    from protocol import payload
+    from zeropool.protocol import payload
     try:
         cloudpickle.unregister_pickle_by_value(sys.modules["tests"])
     except ValueError:

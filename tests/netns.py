@@ -192,7 +192,7 @@ def client_main(address: str, work: str, gated: int, total: int) -> None:
     result. Prints the pids that delivered those and how often each future
     completed, as JSON.
     """
-    import client
+    import zeropool
 
     def path(*names):
         return os.path.join(work, *names)
@@ -205,7 +205,7 @@ def client_main(address: str, work: str, gated: int, total: int) -> None:
         future.add_done_callback(lambda _: completions.__setitem__(i, completions[i] + 1))
         return future
 
-    with client.Executor(address, connect_timeout=10) as ex:
+    with zeropool.Executor(address, connect_timeout=10) as ex:
         gates = [path("gate")] * gated + [None] * (total - gated)
         futures = [counted(ex.submit(run_task, path("runs"), gate, i))
                    for i, gate in enumerate(gates)]

@@ -9,9 +9,10 @@ import sys
 import pytest
 
 PROGRAMS = {
-    "broker": ["broker.__main__", "broker.server", "broker.state"],
-    "worker": ["worker.__main__", "worker.agent", "worker.runner", "worker.supervisor"],
-    "client": ["client"],
+    "broker": ["zeropool.broker.__main__", "zeropool.broker.server", "zeropool.broker.state"],
+    "worker": ["zeropool.worker.__main__", "zeropool.worker.agent", "zeropool.worker.runner",
+               "zeropool.worker.supervisor"],
+    "client": ["zeropool.client"],
 }
 
 
@@ -23,10 +24,15 @@ def loaded_after_importing(modules: list[str]) -> set[str]:
     return set(json.loads(out))
 
 
+def ours(loaded: set[str]) -> set[str]:
+    """The zeropool parts among ``loaded``: broker, worker, client, protocol."""
+    return {name.split(".")[1] for name in loaded if name.startswith("zeropool.")}
+
+
 @pytest.mark.parametrize("program", sorted(PROGRAMS))
 def test_programs_do_not_import_each_other(program):
-    loaded = loaded_after_importing(PROGRAMS[program])
-    others = {name.partition(".")[0] for name in loaded} & (set(PROGRAMS) - {program})
+    loaded = ours(loaded_after_importing(PROGRAMS[program]))
+    others = loaded & (set(PROGRAMS) - {program})
     assert not others, f"{program} loads {others}"
     assert "protocol" in loaded
 
@@ -34,10 +40,30 @@ def test_programs_do_not_import_each_other(program):
 def test_broker_never_loads_the_unpickling_code():
     loaded = loaded_after_importing(PROGRAMS["broker"])
     assert "cloudpickle" not in loaded
-    assert "protocol.payload" not in loaded
+    assert "zeropool.protocol.payload" not in loaded
 
 
 def test_protocol_package_itself_does_not_load_payload():
-    loaded = loaded_after_importing(["protocol"])
-    assert "protocol.payload" not in loaded and "cloudpickle" not in loaded
+    loaded = loaded_after_importing(["zeropool.protocol"])
+    assert "zeropool.protocol.payload" not in loaded and "cloudpickle" not in loaded
     assert "zmq" not in loaded  # the wire format needs no sockets
+
+
+def test_the_package_loads_the_client_only_when_asked():
+    loaded = loaded_after_importing(["zeropool"])
+    assert not ours(loaded) and "cloudpickle" not in loaded
+    import zeropool
+    assert zeropool.Executor is zeropool.client.Executor
+    assert set(zeropool.__all__) == set(zeropool.client.__all__)
+    with pytest.raises(AttributeError, match="no_such_name"):
+        zeropool.no_such_name
+
+
+def test_nothing_of_ours_is_importable_by_the_generic_names():
+    # From a neutral directory, as a user's program runs: only `zeropool` is ours.
+    code = ("import importlib.util, json\n"
+            "print(json.dumps({n: importlib.util.find_spec(n) is not None\n"
+            "                  for n in ('client', 'broker', 'worker', 'protocol')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60, cwd="/").stdout
+    assert not any(json.loads(out).values())

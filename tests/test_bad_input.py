@@ -8,14 +8,14 @@ import pickle
 import pytest
 import zmq
 
-import client
-from protocol import PROTOCOL_VERSION, Hello, Op, Role, decode, encode
+import zeropool
+from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role, decode, encode
 from tests import helpers
 
 
 @pytest.fixture(scope="module")
 def executor(shared_cluster):
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         yield ex
 
 
@@ -65,7 +65,7 @@ def test_wrong_protocol_version_is_refused_with_the_brokers_version(executor, sh
 
 @pytest.mark.timeout(120)
 def test_a_task_printing_megabytes_delivers_all_of_it_and_its_result(shared_cluster, capsys):
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         assert ex.submit(helpers.print_lots, 20).result(timeout=90) == 200_000
         out, _ = capsys.readouterr()
     assert out.count("x" * 99 + "\n") == 200_000
@@ -76,6 +76,6 @@ def test_many_mid_sized_calls_fit_under_a_small_message_limit(programs):
     # 1,000 calls of 3 KB would make a 3 MB header at once; the limit is 1 MB.
     _, address = programs.broker("--max-message-size", "1000000")
     programs.worker(address, "--processes", "2")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         blobs = [bytes([i % 256]) * 3000 for i in range(1000)]
         assert list(ex.map(helpers.identity, blobs)) == blobs

@@ -16,11 +16,11 @@ import time
 import pytest
 import zmq
 
-from protocol import (
+from zeropool.protocol import (
     PROTOCOL_VERSION, Cancel, CancelReply, Drain, Hello, Op, Role, Submit, Withdrawn, decode,
     encode, pack_payload,
 )
-from protocol.payload import dumps_call
+from zeropool.protocol.payload import dumps_call
 from tests import helpers
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-import client
+import zeropool
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
@@ -33,7 +33,7 @@ def test_help_states_every_default(program):
 
 @pytest.mark.parametrize("program", ["broker", "worker"])
 def test_python_dash_m_is_the_same_program(program):
-    out = subprocess.run([sys.executable, "-m", program, "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", f"zeropool.{program}", "--help"], capture_output=True,
                          text=True, timeout=30, check=True).stdout
     assert out.startswith(f"usage: {program}")
 
@@ -57,7 +57,7 @@ def test_broker_reports_an_address_in_use(programs):
 def test_tasks_run_on_cli_started_programs(programs):
     _, address = programs.broker()
     programs.worker(address, "--threads", "4")
-    with client.Executor(address=address) as ex:
+    with zeropool.Executor(address=address) as ex:
         assert list(ex.map(helpers.square, range(50))) == [i * i for i in range(50)]
         assert ex.submit(lambda: "by value").result(timeout=30) == "by value"
 
@@ -65,7 +65,7 @@ def test_tasks_run_on_cli_started_programs(programs):
 def test_processes_option_runs_that_many_worker_processes(programs, tmp_path):
     _, address = programs.broker()
     supervisor = programs.worker(address, "--processes", "3")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.pid_when_all_present, str(tmp_path), 3) for _ in range(3)]
         pids = {f.result(timeout=60) for f in futures}
     assert len(pids) == 3
@@ -76,7 +76,7 @@ def test_processes_option_runs_that_many_worker_processes(programs, tmp_path):
 def test_signal_stops_an_idle_broker_and_worker_cleanly(programs, sig):
     broker, address = programs.broker()
     worker = programs.worker(address, "--processes", "2")
-    with client.Executor(address) as ex:  # both are up and serving
+    with zeropool.Executor(address) as ex:  # both are up and serving
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
     worker.send_signal(sig)
     assert worker.wait(30) == 0
@@ -88,7 +88,7 @@ def test_worker_finishes_its_running_task_on_ctrl_c(programs, tmp_path):
     _, address = programs.broker()
     worker = programs.worker(address)
     started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         future = ex.submit(helpers.touch_then_wait, started, gate)
         wait_until(lambda: os.path.exists(started), 30, what="the task to start")
         worker.send_signal(signal.SIGINT)
@@ -99,7 +99,7 @@ def test_worker_finishes_its_running_task_on_ctrl_c(programs, tmp_path):
 
 def test_many_clients_share_one_broker_without_cross_talk(shared_cluster):
     def run(index):
-        with client.Executor(address=shared_cluster) as ex:
+        with zeropool.Executor(address=shared_cluster) as ex:
             futures = [ex.submit(helpers.identity, (index, i)) for i in range(500)]
             return [f.result(timeout=120) for f in futures]
 
@@ -123,7 +123,7 @@ def test_worker_processes_do_not_outlive_a_killed_supervisor(programs):
 
 def test_supervisor_stops_when_the_broker_refuses_its_workers(programs):
     import zmq
-    from protocol import Refused, decode, encode
+    from zeropool.protocol import Refused, decode, encode
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)
@@ -147,15 +147,15 @@ def test_supervisor_stops_when_the_broker_refuses_its_workers(programs):
 
 def test_a_bad_address_fails_at_once_with_the_reason():
     started = time.monotonic()
-    with pytest.raises(client.BrokerUnreachable, match="Invalid argument|I/O thread failed"):
-        client.Executor("tcp://localhost:notaport")
+    with pytest.raises(zeropool.BrokerUnreachable, match="Invalid argument|I/O thread failed"):
+        zeropool.Executor("tcp://localhost:notaport")
     assert time.monotonic() - started < 5
 
 
 def test_max_workers_caps_concurrency_at_a_shared_broker(programs, tmp_path):
     _, address = programs.broker()
     programs.worker(address, "--processes", "3")
-    with client.Executor(1, address=address) as ex:
+    with zeropool.Executor(1, address=address) as ex:
         spans = list(ex.map(helpers.timed_sleep, [0.05] * 6))
     spans.sort()
     for (_, end), (start, _) in zip(spans, spans[1:]):
@@ -164,7 +164,7 @@ def test_max_workers_caps_concurrency_at_a_shared_broker(programs, tmp_path):
 
 def test_calls_of_a_module_workers_cannot_import_travel_by_value(shared_cluster):
     import importlib.util
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         # The CLI workers have no path to this test package...
         assert ex.submit(importlib.util.find_spec, "tests").result(timeout=30) is None
         # ...yet its functions run there: the client resends them by value.
@@ -176,5 +176,5 @@ def test_workers_and_clients_reach_the_broker_by_host_name(programs):
     _, address = programs.broker()
     by_name = address.replace("127.0.0.1", "localhost")
     programs.worker(by_name)
-    with client.Executor(by_name) as ex:
+    with zeropool.Executor(by_name) as ex:
         assert ex.submit(helpers.square, 6).result(timeout=30) == 36

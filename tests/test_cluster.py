@@ -8,7 +8,7 @@ import sys
 import textwrap
 
 
-import client
+import zeropool
 from tests import helpers
 from tests.conftest import alive, descendants
 from tests.helpers import wait_until
@@ -16,7 +16,7 @@ from tests.helpers import wait_until
 
 def test_shutdown_leaves_no_process_behind():
     before = descendants(os.getpid())
-    ex = client.Executor(3)
+    ex = zeropool.Executor(3)
     assert ex.submit(helpers.square, 2).result(timeout=30) == 4
     wait_until(lambda: len(descendants(os.getpid()) - before) == 5, 30,
                what="broker, supervisor and 3 workers")
@@ -26,15 +26,15 @@ def test_shutdown_leaves_no_process_behind():
 
 
 def test_first_result_arrives_quickly_after_construction():
-    with client.Executor(2) as ex:
+    with zeropool.Executor(2) as ex:
         assert ex.submit(helpers.getpid).result(timeout=30) != os.getpid()
 
 
 SCRIPT = textwrap.dedent("""
     import os, sys, time
-    import client
+    import zeropool
     from tests import helpers
-    ex = client.Executor(2)
+    ex = zeropool.Executor(2)
     assert ex.submit(helpers.square, 3).result(timeout=30) == 9
     print("ready", flush=True)
     {rest}

@@ -23,7 +23,7 @@ BASE = "docker-compose.yml"
 CURVE = "docker-compose.curve.yml"
 SECRETS_DIR = "/run/secrets"
 # The package whose code reads a service's environment, by its command's
-# program; `python SCRIPT` runs the demo, which reaches us through client.Executor.
+# program; `python SCRIPT` runs the demo, which reaches us through zeropool.Executor.
 PACKAGE_OF_PROGRAM = {"broker": "broker", "worker": "worker", "python": "client"}
 KEY_VARIABLES = ("ZEROPOOL_CURVE_SECRET_KEY", "ZEROPOOL_CURVE_SERVER_KEY", "ZEROPOOL_CURVE_KEY")
 

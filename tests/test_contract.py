@@ -35,7 +35,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-import client
+import zeropool
 from tests import helpers
 from tests.conftest import alive
 from tests.helpers import wait_until
@@ -43,7 +43,7 @@ from tests.helpers import wait_until
 TYPES = {
     "thread": cf.ThreadPoolExecutor,
     "process": cf.ProcessPoolExecutor,
-    "zeropool": client.Executor,
+    "zeropool": zeropool.Executor,
 }
 KINDS = list(TYPES)
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -586,11 +586,11 @@ if MODE == "submit-at-exit":
         except RuntimeError as exc:
             print("runtime-error:", exc)
 import concurrent.futures as cf
-import client
+import zeropool
 from tests import helpers
 if __name__ == "__main__":
     make = {"thread": cf.ThreadPoolExecutor, "process": cf.ProcessPoolExecutor,
-            "zeropool": client.Executor}[KIND]
+            "zeropool": zeropool.Executor}[KIND]
     t = make(2)
     if MODE == "submit-at-exit":
         t.submit(id, 42).result()
@@ -654,7 +654,7 @@ def test_force_shutdown_workers(kind, operation, tmp_path, gate):
         with pytest.raises(cf.BrokenExecutor) as info:
             running.result(timeout=30)
         if kind == "zeropool":
-            assert isinstance(info.value, client.ExecutorTerminated)
+            assert isinstance(info.value, zeropool.ExecutorTerminated)
             assert all(f.cancelled() for f in queued)
         else:  # what its call queue held counts as running, and breaks too
             for future in queued:
@@ -1050,7 +1050,7 @@ def test_signature_begins_as_process_pool_executors():
     """zeropool's Executor takes ProcessPoolExecutor's parameters, in the same
     order, of the same kinds and with the same defaults, then its own."""
     theirs = list(inspect.signature(cf.ProcessPoolExecutor).parameters.values())
-    ours = inspect.signature(client.Executor).parameters
+    ours = inspect.signature(zeropool.Executor).parameters
     positional = [p for p in theirs if p.kind is p.POSITIONAL_OR_KEYWORD]
     assert list(ours)[:len(positional)] == [p.name for p in positional]
     for parameter in theirs:
@@ -1173,7 +1173,7 @@ def test_zeropool_futures_use_the_lean_condition_here():
     # TaskFuture sets Future's and Condition's private attributes itself when
     # they are the ones it knows; on this interpreter that path must be the one
     # the contract tests above exercise.
-    from client import session
+    from zeropool.client import session
     assert session._LEAN_FUTURES
     future = session.TaskFuture(None, 1, b"")
     assert type(future._condition) is session._Condition
@@ -1181,7 +1181,7 @@ def test_zeropool_futures_use_the_lean_condition_here():
 
 
 def test_the_lean_condition_waits_notifies_and_reenters():
-    from client.session import _Condition
+    from zeropool.client.session import _Condition
     condition = _Condition()
     with condition:
         with condition:  # an RLock, as Future's is

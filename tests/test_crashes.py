@@ -34,8 +34,8 @@ from concurrent.futures.process import BrokenProcessPool
 
 import pytest
 
-import client
-from protocol.errors import RemoteError
+import zeropool
+from zeropool.protocol.errors import RemoteError
 from tests import crash_tasks as tasks
 from tests.conftest import descendants
 from tests.helpers import wait_until
@@ -45,7 +45,7 @@ RAISES = ("ValueError", "SystemExit", "KeyboardInterrupt")
 ERRORS = {"ValueError": ValueError, "SystemExit": SystemExit,
           "KeyboardInterrupt": KeyboardInterrupt}
 BROKEN = (BrokenProcessPool, "terminated abruptly")
-LOST = (client.WorkerLostError, "was running on 3 workers that died")
+LOST = (zeropool.WorkerLostError, "was running on 3 workers that died")
 
 
 def _raising_cases():
@@ -103,7 +103,7 @@ def on_process_pool(fn, args, expected) -> None:
 def executor():
     """An embedded cluster of two workers, shared by the cases that kill none."""
     before = descendants(os.getpid())
-    with client.Executor(2) as ex:
+    with zeropool.Executor(2) as ex:
         # Broker, supervisor and its two workers: all there before the first
         # test counts the processes it must leave behind.
         wait_until(lambda: len(descendants(os.getpid()) - before) >= 4, 30,
@@ -129,7 +129,7 @@ def test_a_task_that_kills_its_workers_fails_alone(programs, tmp_path, fn, args)
     with open(tmp_path / "workers.log", "w") as log:
         for _ in range(4):
             programs.worker(address, "--path", REPO, "--log-level", "ERROR", stderr=log)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         assert_fails_with(ex.submit(fn, *args), LOST)
         assert ex.submit(tasks.take, 1).result(timeout=30) == "taken"
     on_process_pool(fn, args, BROKEN)

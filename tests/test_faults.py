@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-import client
+import zeropool
 from tests import helpers
 from tests.helpers import wait_until
 
@@ -56,7 +56,7 @@ def test_random_worker_kills_lose_nothing(programs):
             kills.append(victim.pid)
             workers.append(programs.worker(address, "--log-level", "WARNING"))
 
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.sleep_and_return, 0.002, i) for i in range(5000)]
         completions = count_completions(futures)
         thread = threading.Thread(target=killer)
@@ -76,7 +76,7 @@ def test_stopped_worker_tasks_finish_elsewhere_and_are_delivered_once(programs, 
     _, address = programs.broker(*FAST)
     frozen = programs.worker(address)
     started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         future = ex.submit(helpers.touch_then_wait, started, gate)
         completions = count_completions([future])
         wait_until(lambda: os.path.exists(started), 30, what="the task to start")
@@ -106,10 +106,10 @@ def test_stopped_worker_tasks_finish_elsewhere_and_are_delivered_once(programs, 
 def test_poison_task_fails_after_max_retries_and_the_rest_goes_on(programs):
     _, address = programs.broker(*FAST)
     programs.worker(address, "--processes", "3", "--log-level", "ERROR")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         poison = ex.submit(helpers.exit_process)
         others = [ex.submit(helpers.square, i) for i in range(200)]
-        with pytest.raises(client.WorkerLostError, match=r"task \d+ was running on 3 workers"):
+        with pytest.raises(zeropool.WorkerLostError, match=r"task \d+ was running on 3 workers"):
             poison.result(timeout=60)
         assert [f.result(timeout=60) for f in others] == [i * i for i in range(200)]
 
@@ -119,7 +119,7 @@ def test_broker_killed_and_restarted_twice_loses_nothing(programs):
     broker, address = programs.broker(*FAST)
     for _ in range(2):
         programs.worker(address, "--log-level", "ERROR")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.sleep_and_return, 0.003, i) for i in range(2000)]
         completions = count_completions(futures)
         for threshold in (400, 1200):
@@ -141,7 +141,7 @@ def test_draining_worker_finishes_its_tasks_and_nothing_runs_twice(programs, tmp
     programs.worker(address, "--threads", "2", "--log-level", "WARNING")
     runs = tmp_path / "runs"
     runs.mkdir()
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.record_run, str(runs), i, 0.005) for i in range(600)]
         wait_until(lambda: sum(f.done() for f in futures) >= 100, 60, what="100 results")
         leaving.send_signal(signal.SIGTERM)
@@ -162,9 +162,9 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
     runs.mkdir()
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = textwrap.dedent(f"""
-        import client, time
+        import zeropool, time
         from tests import helpers
-        ex = client.Executor({address!r})
+        ex = zeropool.Executor({address!r})
         fs = [ex.submit(helpers.record_run_padded, {str(runs)!r}, i, b"x" * 2000)
               for i in range(20000)]
         # cancel() is answered by the broker after it has taken every task before it.
@@ -186,7 +186,7 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
         wait_until(lambda: helpers.rss_kib(broker.pid) - idle < (peak - idle) / 4, 10,
                    what="the broker's memory to return to its idle level")
         programs.worker(address, "--log-level", "WARNING")
-        with client.Executor(address) as ex:
+        with zeropool.Executor(address) as ex:
             assert ex.submit(helpers.square, 3).result(timeout=30) == 9
     finally:
         if doomed.poll() is None:
@@ -205,8 +205,8 @@ def free_address() -> str:
 @pytest.mark.timeout(60)
 def test_constructor_fails_fast_when_no_broker_answers():
     started = time.monotonic()
-    with pytest.raises(client.BrokerUnreachable, match="no broker answered"):
-        client.Executor(free_address(), connect_timeout=0.5)
+    with pytest.raises(zeropool.BrokerUnreachable, match="no broker answered"):
+        zeropool.Executor(free_address(), connect_timeout=0.5)
     assert time.monotonic() - started < 10
 
 
@@ -214,7 +214,7 @@ def test_constructor_fails_fast_when_no_broker_answers():
 def test_submit_while_the_broker_is_down_runs_once_it_is_back(programs):
     broker, address = programs.broker(*FAST)
     programs.worker(address, "--log-level", "ERROR")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         assert ex.submit(helpers.square, 2).result(timeout=30) == 4
         broker.send_signal(signal.SIGKILL)
         broker.wait()
@@ -233,7 +233,7 @@ def test_submit_while_the_broker_is_down_runs_once_it_is_back(programs):
 def test_broker_sigterm_is_like_a_restart_for_clients(programs):
     broker, address = programs.broker(*FAST)
     programs.worker(address, "--log-level", "ERROR")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.sleep_and_return, 0.003, i) for i in range(600)]
         completions = count_completions(futures)
         wait_until(lambda: sum(f.done() for f in futures) >= 100, 60, what="100 results")
@@ -248,7 +248,7 @@ def test_broker_sigterm_is_like_a_restart_for_clients(programs):
 def test_shutdown_does_not_hang_when_the_broker_is_gone(programs, tmp_path):
     broker, address = programs.broker(*FAST)
     programs.worker(address, "--log-level", "ERROR")
-    ex = client.Executor(address, connect_timeout=1)
+    ex = zeropool.Executor(address, connect_timeout=1)
     busy = ex.submit(helpers.wait_for_file, str(tmp_path / "never"), 600)
     wait_until(busy.running, 30, what="the worker to be busy")
     future = ex.submit(helpers.square, 2)  # waits in the queue behind it
@@ -257,7 +257,7 @@ def test_shutdown_does_not_hang_when_the_broker_is_gone(programs, tmp_path):
     started = time.monotonic()
     ex.shutdown(wait=True)
     assert time.monotonic() - started < 30
-    with pytest.raises(client.BrokerUnreachable, match="has not answered"):
+    with pytest.raises(zeropool.BrokerUnreachable, match="has not answered"):
         future.result(timeout=0)
 
 
@@ -265,13 +265,13 @@ def test_shutdown_does_not_hang_when_the_broker_is_gone(programs, tmp_path):
 def test_shutdown_does_not_hang_when_no_worker_is_left(programs):
     _, address = programs.broker(*FAST)
     worker = programs.worker(address, "--log-level", "ERROR")
-    ex = client.Executor(address, connect_timeout=1)
+    ex = zeropool.Executor(address, connect_timeout=1)
     assert ex.submit(helpers.square, 2).result(timeout=30) == 4
     worker.send_signal(signal.SIGKILL)
     worker.wait()
     future = ex.submit(helpers.square, 3)
     ex.shutdown(wait=True)
-    with pytest.raises(client.WorkerLostError, match="no worker has been attached"):
+    with pytest.raises(zeropool.WorkerLostError, match="no worker has been attached"):
         future.result(timeout=0)
 
 
@@ -282,7 +282,7 @@ def test_second_signal_stops_a_worker_at_once_and_its_task_runs_elsewhere(progra
     with open(log_path, "w") as log:
         leaving = programs.worker(address, stderr=log)
     started, gate = str(tmp_path / "started"), str(tmp_path / "gate")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         future = ex.submit(helpers.touch_then_wait, started, gate)
         wait_until(lambda: os.path.exists(started), 30, what="the task to start")
         leaving.send_signal(signal.SIGTERM)
@@ -301,7 +301,7 @@ def test_second_signal_stops_a_worker_at_once_and_its_task_runs_elsewhere(progra
 def test_oversized_argument_and_result_fail_clearly_and_the_executor_goes_on(programs):
     _, address = programs.broker("--max-message-size", "100000")
     programs.worker(address)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         with pytest.raises(ValueError, match="more than the broker accepts"):
             ex.submit(helpers.identity, b"x" * 200_000)
         with pytest.raises(ValueError, match="result pickles to a frame of"):
@@ -311,7 +311,7 @@ def test_oversized_argument_and_result_fail_clearly_and_the_executor_goes_on(pro
 
 def test_result_that_cannot_be_unpickled_at_the_client_is_a_clear_error(shared_cluster):
     import pickle
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         with pytest.raises(pickle.UnpicklingError, match="could not be unpickled here") as info:
             ex.submit(helpers.make_unloadable).result(timeout=30)
         assert isinstance(info.value.__cause__, LookupError)
@@ -330,7 +330,7 @@ def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_p
     def logged(text):
         return text in log_path.read_text()
 
-    with client.Executor(address, initializer=len, initargs=("x",)) as ex:
+    with zeropool.Executor(address, initializer=len, initargs=("x",)) as ex:
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
         left = ex._session.client_id.decode()
     wait_until(lambda: logged(f"dropped the initializer of client {left}"), 30,
@@ -339,9 +339,9 @@ def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_p
     started, gate = tmp_path / "started", tmp_path / "gate"
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = textwrap.dedent(f"""
-        import client, time
+        import zeropool, time
         from tests import helpers
-        ex = client.Executor({address!r}, initializer=len, initargs=('x',))
+        ex = zeropool.Executor({address!r}, initializer=len, initargs=('x',))
         print(ex._session.client_id.decode(), flush=True)
         ex.submit(helpers.touch_then_wait, {str(started)!r}, {str(gate)!r})
         time.sleep(600)
@@ -360,7 +360,7 @@ def test_workers_drop_the_initializers_of_clients_that_have_gone(programs, tmp_p
     wait_until(lambda: logged(f"dropped the initializer of client {killed}"), 30,
                what="the initializer to be dropped once the task ended")
     # The worker serves on, initializers and all.
-    with client.Executor(address, initializer=len, initargs=("y",)) as ex:
+    with zeropool.Executor(address, initializer=len, initargs=("y",)) as ex:
         assert ex.submit(helpers.square, 4).result(timeout=30) == 16
 
 
@@ -372,9 +372,9 @@ def test_an_initializer_the_workers_cannot_import_says_how_to_fix_it(
     import zp_only_here
     _, address = programs.broker(*FAST)
     programs.worker(address)
-    with client.Executor(address, initializer=zp_only_here.setup, initargs=("x",)) as ex:
+    with zeropool.Executor(address, initializer=zp_only_here.setup, initargs=("x",)) as ex:
         future = ex.submit(helpers.square, 3)
-        with pytest.raises(client.InitializerError) as raised:
+        with pytest.raises(zeropool.InitializerError) as raised:
             future.result(timeout=30)
     message = str(raised.value)
     assert "cannot import module 'zp_only_here'" in message and "--path" in message, message

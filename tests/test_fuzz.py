@@ -8,7 +8,7 @@ none of the real client's tasks and keep its memory bounded.
 
     hypothesis -> RawPeer (DEALER) x3 --+
                                         +--> broker (ROUTER, 1 MiB limit) <--> 2 workers
-    client.Executor (1,000 tasks) ------+
+    zeropool.Executor (1,000 tasks) ------+
 
 Each batch a raw peer sends ends with a round trip the broker must answer (a
 CANCEL whose request id comes back in CANCEL_REPLY); replies on one connection
@@ -34,13 +34,13 @@ import zmq
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from zmq.utils.monitor import recv_monitor_message
 
-import client
-import protocol
-from protocol import (
+import zeropool
+from zeropool import protocol
+from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Status, Submit, Welcome, WorkerResults,
 )
-from protocol.payload import dumps, dumps_call, loads
+from zeropool.protocol.payload import dumps, dumps_call, loads
 from tests import helpers
 from tests.conftest import Programs, alive, descendants
 from tests.helpers import wait_until
@@ -582,7 +582,7 @@ def fuzz_as(role: Role | None, peer: RawPeer, client_ids: list, on_example) -> i
 def test_fuzzed_peers_cost_a_real_client_nothing(cluster, connect):
     peers = {None: connect(b"fuzz-unknown"), Role.CLIENT: connect(b"fuzz-client"),
              Role.WORKER: connect(b"fuzz-worker")}
-    with client.Executor(address=cluster.address) as ex:
+    with zeropool.Executor(address=cluster.address) as ex:
         # Warm up the broker's allocator and caches before taking its baseline.
         assert list(ex.map(helpers.square, range(200))) == [i * i for i in range(200)]
         for role, peer in peers.items():
@@ -778,14 +778,14 @@ def test_a_worker_claiming_to_be_a_client_runs_nothing(connect, cluster, tmp_pat
     peer.send_message(Drain())
     peer.expect(lambda m: m.op is Op.DRAIN)  # still a worker, and the SUBMIT was read
     # Had the call been queued, the FIFO queue would have run it before these.
-    with client.Executor(address=cluster.address) as ex:
+    with zeropool.Executor(address=cluster.address) as ex:
         assert list(ex.map(helpers.square, range(10))) == [i * i for i in range(10)]
     assert not ran.exists()
 
 
 def test_forged_results_do_not_complete_a_real_future(connect, cluster, tmp_path):
     mark, gate = str(tmp_path / "mark"), str(tmp_path / "gate")
-    with client.Executor(address=cluster.address) as ex:
+    with zeropool.Executor(address=cluster.address) as ex:
         future = ex.submit(helpers.touch_then_wait, mark, gate)
         wait_until(lambda: os.path.exists(mark), 30, what="the real task to start")
         real_id, task_id = ex._session.client_id, future.task_id
@@ -861,7 +861,7 @@ def test_frames_at_the_limit_pass_and_over_it_cost_only_the_sender(connect, clus
     # Matched by id: the answer to a round trip above that gave up may come late.
     answer, _ = peer.expect(lambda m: m.op is Op.CANCEL_REPLY and m.request_id == 5)
     assert answer == CancelReply(5, []), "the over-limit task was queued"
-    with client.Executor(address=cluster.address) as ex:
+    with zeropool.Executor(address=cluster.address) as ex:
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
 
 

@@ -29,10 +29,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-import client
-from broker.__main__ import is_loopback
-from broker.state import BrokerState
-from broker.stats import slots
+import zeropool
+from zeropool.broker.__main__ import is_loopback
+from zeropool.broker.state import BrokerState
+from zeropool.broker.stats import slots
 from tests import helpers
 from tests.conftest import command as program_command, descendants
 from tests.helpers import wait_until
@@ -531,9 +531,9 @@ def test_the_pods_settings_and_documented_keys_make_a_cluster_whose_probes_pass(
     assert worker_pod.probe("livenessProbe", address, ZEROPOOL_ADDRESS=address).returncode == 0
 
     # A client outside the cluster, with the client key pair the broker admits.
-    security = client.Security.from_files(str(keys / "keys" / "broker.key"),
+    security = zeropool.Security.from_files(str(keys / "keys" / "broker.key"),
                                           str(keys / "keys" / "client.key_secret"))
-    with client.Executor(address, security=security) as ex:
+    with zeropool.Executor(address, security=security) as ex:
         # ZEROPOOL_PROCESSES is set, so the pod's process supervises the one that runs it.
         assert ex.submit(helpers.getpid).result(timeout=30) in descendants(worker.pid)
     assert scrape(metrics)["zeropool_capacity_slots"] == slots_per_pod()
@@ -564,7 +564,7 @@ def test_the_metric_the_scaledobject_reads_moves_with_queued_and_running_work(pr
         return (now["zeropool_demand_slots"], now["zeropool_capacity_slots"]) == (demand,
                                                                                   capacity)
 
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.touch_wait_mark, started[i], gate, finished[i])
                    for i in range(tasks)]
         # Queued, no worker: two pods' worth of demand, no capacity.
@@ -611,7 +611,7 @@ def test_scale_down_by_sigterm_under_load_loses_nothing_and_runs_nothing_twice(p
         pids = {pod.pid} | descendants(pod.pid)
         return any(int(name.split("-")[1]) in pids for name in os.listdir(runs))
 
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.record_run, str(runs), i, 0.02) for i in range(count)]
         completions = count_completions(futures)
         wait_until(lambda: all(ran_on(pod) for pod in [staying, *leaving]), 30,
@@ -639,7 +639,7 @@ def test_a_task_that_outlives_the_grace_period_is_requeued_when_the_pod_is_kille
     _, address = programs.broker("--metrics-port", str(metrics), *FAST)
     pod = programs.worker(address, "--log-level", "WARNING", env=worker_pod_env(address))
     mark, gate = str(tmp_path / "started"), str(tmp_path / "gate")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         future = ex.submit(helpers.touch_then_wait, mark, gate)
         wait_until(lambda: os.path.exists(mark), 30, what="the task to start")
         pod.send_signal(signal.SIGTERM)

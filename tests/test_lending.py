@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import signal
 
-import client
+import zeropool
 from tests import helpers
 from tests.helpers import wait_until
 
@@ -40,7 +40,7 @@ def _lend(ex, read_log):
 def test_a_long_task_on_the_lent_socket_is_reported_started(programs, tmp_path, gate):
     _, address, _, read_log = _lending_worker(programs, tmp_path)
     started = str(tmp_path / "started")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         _lend(ex, read_log)
         future = ex.submit(helpers.touch_then_wait, started, gate)
         helpers.wait_for_file(started)
@@ -60,7 +60,7 @@ def test_a_long_task_on_the_lent_socket_is_reported_started(programs, tmp_path, 
 def test_output_of_a_task_on_the_lent_socket_arrives_while_it_runs(programs, tmp_path, gate,
                                                                   capsys):
     _, address, _, read_log = _lending_worker(programs, tmp_path)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         _lend(ex, read_log)
         capsys.readouterr()
         future = ex.submit(helpers.print_then_wait, "hello from the lent socket", gate)
@@ -73,7 +73,7 @@ def test_output_of_a_task_on_the_lent_socket_arrives_while_it_runs(programs, tmp
 
 def test_a_worker_that_lent_its_socket_drains_on_sigterm(programs, tmp_path):
     _, address, worker, read_log = _lending_worker(programs, tmp_path)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         _lend(ex, read_log)
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
@@ -84,12 +84,12 @@ def test_a_worker_that_lent_its_socket_reconnects_to_a_restarted_broker(programs
     # Silent for 0.3 s is gone: the loop reconnects while the socket is still lent.
     broker_args = ("--heartbeat-interval", "0.1", "--liveness", "3", "--log-level", "WARNING")
     broker, address, _, read_log = _lending_worker(programs, tmp_path, broker_args)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         _lend(ex, read_log)
     broker.kill()
     broker.wait(timeout=30)
     wait_until(lambda: "reconnecting in" in read_log(), 30,
                what="the worker to give up on the killed broker")
     programs.broker(*broker_args, bind=address)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         assert ex.submit(helpers.square, 5).result(timeout=30) == 25

@@ -14,10 +14,10 @@ import re
 import pytest
 import zmq
 
-import client
-from broker.status import query
-from protocol import PROTOCOL_VERSION, Bye, Dispatch, Op, Welcome, decode, encode, pack_payload
-from protocol.payload import dumps_call
+import zeropool
+from zeropool.broker.status import query
+from zeropool.protocol import PROTOCOL_VERSION, Bye, Dispatch, Op, Welcome, decode, encode, pack_payload
+from zeropool.protocol.payload import dumps_call
 from tests import crash_tasks as tasks
 from tests import helpers
 from tests.helpers import wait_until
@@ -47,7 +47,7 @@ def test_a_task_holding_the_gil_runs_once_and_its_worker_stays(programs, tmp_pat
     wait_until(lambda: len(worker_ids(address)) == 2, 30, what="two workers")
     before = worker_ids(address)
     runs = tmp_path / "runs"
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         future = ex.submit(tasks.hold_gil_and_record, str(runs), STALL, "held")
         assert future.result(timeout=30) == "held"
     assert len(runs.read_text().splitlines()) == 1, "the task ran more than once"
@@ -64,7 +64,7 @@ def test_a_client_whose_threads_wait_for_the_gil_keeps_its_tasks(programs, tmp_p
     programs.worker(address, "--path", REPO, "--log-level", "WARNING")
     runs = tmp_path / "runs"
     runs.mkdir()
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(tasks.record_then_wait, str(runs), i, gate) for i in range(4)]
         # One runs, the others wait in the broker's queue.
         wait_until(lambda: os.listdir(runs), 30, what="the first task to start")

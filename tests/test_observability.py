@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-import client
+import zeropool
 from tests import helpers
 from tests.conftest import command
 
@@ -52,7 +52,7 @@ def cluster(programs):
 
 def test_status_lists_workers_clients_and_counts(cluster):
     address, _, broker_pid = cluster
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         assert list(ex.map(helpers.square, range(40))) == [x * x for x in range(40)]
         helpers.wait_until(lambda: len(json.loads(status(address, "--json").stdout)["workers"])
                            == 2, 30, what="both workers to show")
@@ -83,7 +83,7 @@ def test_metrics_counters_match_the_tasks_run(cluster):
     address, port, _ = cluster
     helpers.wait_until(lambda: scrape(port)["zeropool_workers"] == 2, 30,
                        what="both workers to join")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         futures = [ex.submit(helpers.fail_if_negative, x) for x in range(-5, 25)]
         for future in futures:
             future.exception(timeout=30)
@@ -114,7 +114,7 @@ def test_metrics_port_without_prometheus_is_a_clear_error(tmp_path):
 
 def test_task_output_arrives_before_the_result(shared_cluster, capsys):
     out = err = ""
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         futures = [ex.submit(helpers.chatty, n) for n in range(4)]
         for n, future in enumerate(futures):
             assert future.result(timeout=30) == n
@@ -127,7 +127,7 @@ def test_task_output_arrives_before_the_result(shared_cluster, capsys):
 
 
 def test_task_output_keeps_order_per_task_and_can_be_prefixed(shared_cluster, capsys):
-    with client.Executor(shared_cluster, task_output="prefix") as ex:
+    with zeropool.Executor(shared_cluster, task_output="prefix") as ex:
         assert list(ex.map(helpers.chatty, range(6))) == list(range(6))
     out, err = capsys.readouterr()
     for n in range(6):
@@ -154,7 +154,7 @@ def test_task_output_goes_to_the_descriptor_of_the_processs_own_stream(
     monkeypatch.setattr("sys.stdout", own)
     monkeypatch.setattr("sys.__stdout__", own)
     try:
-        with client.Executor(shared_cluster) as ex:
+        with zeropool.Executor(shared_cluster) as ex:
             assert ex.submit(helpers.chatty, 7).result(timeout=30) == 7
         out, _ = capfd.readouterr()  # capfd captures descriptor 1, where the dup points
         assert "task 7 line 0\ntask 7 line 1\ntask 7 line 2\ntask 7 joined\n" in out
@@ -164,7 +164,7 @@ def test_task_output_goes_to_the_descriptor_of_the_processs_own_stream(
 
 
 def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
-    from client.session import _write_output
+    from zeropool.client.session import _write_output
     replaced = io.StringIO()
     monkeypatch.setattr("sys.stdout", replaced)
     _write_output(1, "line\n")
@@ -175,7 +175,7 @@ def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
 def test_lines_of_tasks_printing_at_once_never_mix(monkeypatch, mode):
     # print() writes a line and its newline apart: they can arrive in two
     # messages, with another task's output between them.
-    from client.session import Session
+    from zeropool.client.session import Session
     session = Session.__new__(Session)  # only the output path, no connection
     session._pending, session._partial, session._task_output = {1: None, 2: None}, {}, mode
     out = io.StringIO()
@@ -192,12 +192,12 @@ def test_lines_of_tasks_printing_at_once_never_mix(monkeypatch, mode):
 
 
 def test_task_output_can_be_switched_off(shared_cluster, capsys):
-    with client.Executor(shared_cluster, task_output=None) as ex:
+    with zeropool.Executor(shared_cluster, task_output=None) as ex:
         assert ex.submit(helpers.chatty, 1).result(timeout=30) == 1
     out, err = capsys.readouterr()
     assert "task 1" not in out and "task 1" not in err
     with pytest.raises(ValueError, match="task_output"):
-        client.Executor(shared_cluster, task_output="loud")
+        zeropool.Executor(shared_cluster, task_output="loud")
 
 
 def test_tqdm_shows_progress_over_as_completed(shared_cluster):
@@ -206,7 +206,7 @@ def test_tqdm_shows_progress_over_as_completed(shared_cluster):
 
     from tqdm import tqdm
     bar = io.StringIO()
-    with client.Executor(shared_cluster) as ex:
+    with zeropool.Executor(shared_cluster) as ex:
         futures = [ex.submit(helpers.square, i) for i in range(50)]
         results = [f.result() for f in tqdm(concurrent.futures.as_completed(futures),
                                             total=len(futures), file=bar)]

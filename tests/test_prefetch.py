@@ -12,12 +12,12 @@ import threading
 import pytest
 import zmq
 
-import client
-from protocol import (
+import zeropool
+from zeropool.protocol import (
     PROTOCOL_VERSION, Cancel, Dispatch, Heartbeat, Hello, Op, Role, Status, Submit, Welcome,
     Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload,
 )
-from protocol.payload import dumps_call, dumps_result
+from zeropool.protocol.payload import dumps_call, dumps_result
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
@@ -46,7 +46,7 @@ def test_cancelled_tasks_never_run_even_when_prefetched(cluster, tmp_path):
     address = cluster(1)
     runs = tmp_path / "runs"
     runs.mkdir()
-    ex = client.Executor(address)
+    ex = zeropool.Executor(address)
     try:
         warm_up(ex)
         futures = [ex.submit(helpers.record_run, str(runs), i) for i in range(3000)]
@@ -69,7 +69,7 @@ def test_cancelled_tasks_never_run_even_when_prefetched(cluster, tmp_path):
 def test_tasks_behind_a_long_one_are_given_back_to_idle_workers(cluster, tmp_path, gate):
     address = cluster(2)
     started = str(tmp_path / "started")
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         warm_up(ex)
         blocker = ex.submit(helpers.touch_then_wait, started, gate)
         quick = [ex.submit(helpers.square, i) for i in range(60)]
@@ -85,10 +85,10 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
     """Once tasks take more than a few ms, a worker holds one waiting behind its
     running one (as ProcessPoolExecutor keeps a call queued); the broker asks
     for it back when its queue is empty and another worker has nothing to do."""
-    from broker.status import query
+    from zeropool.broker.status import query
     address = cluster(1)
     marks = [str(tmp_path / f"started-{i}") for i in (1, 2)]
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         # Five long ones in a row: it gives its spare credit back, before the last two end.
         assert list(ex.map(helpers.sleep_and_return, [0.02] * 7, range(7))) == list(range(7))
         first = ex.submit(helpers.touch_then_wait, marks[0], gate)
@@ -109,9 +109,9 @@ def test_a_task_held_behind_a_long_one_goes_to_a_worker_with_nothing_to_do(
 
 def test_a_worker_whose_tasks_turn_long_holds_one_task_not_a_short_tasks_prefetch(
         cluster, tmp_path, gate):
-    from broker.status import query
+    from zeropool.broker.status import query
     address = cluster(1)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         warm_up(ex)  # it offers credit for dozens of short tasks
         # Five long ones in a row: it gives its spare credit back, before the last two end.
         assert list(ex.map(helpers.sleep_and_return, [0.02] * 7, range(7))) == list(range(7))
@@ -131,9 +131,9 @@ def test_a_worker_whose_tasks_turn_long_holds_one_task_not_a_short_tasks_prefetc
 
 
 def test_tasks_prefetched_while_short_go_back_once_they_turn_long(cluster):
-    from broker.status import query
+    from zeropool.broker.status import query
     address = cluster(1)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         warm_up(ex)  # it offers credit for dozens of short tasks: all thirty go there
         # Too short to count as stuck behind a long one (GIVE_BACK_AFTER)...
         futures = [ex.submit(helpers.sleep_and_return, 0.015, i) for i in range(30)]
@@ -148,7 +148,7 @@ def test_prefetched_tasks_of_a_killed_worker_run_once_elsewhere(cluster, tmp_pat
     address = cluster(2)
     runs = tmp_path / "runs"
     runs.mkdir()
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         warm_up(ex)
         pids = set(ex.map(helpers.getpid, range(50)))
         futures = [ex.submit(helpers.record_run, str(runs), i, 0.002) for i in range(1000)]
@@ -214,7 +214,7 @@ def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
     worker = Peer(zmq.DEALER, b"raw-worker")
     try:
         worker.join_as_worker(address, credit=3)
-        with client.Executor(address) as ex:
+        with zeropool.Executor(address) as ex:
             futures = [ex.submit(helpers.square, i) for i in range(3)]
             keys = worker.dispatched(3)
             worker.send(WorkerResults([], [keys[0]], 0))  # the first has started
@@ -262,7 +262,7 @@ def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
     busy, idle = Peer(zmq.DEALER, b"raw-busy"), Peer(zmq.DEALER, b"raw-idle")
     try:
         busy.join_as_worker(address, credit=2)
-        with client.Executor(address) as ex:
+        with zeropool.Executor(address) as ex:
             futures = [ex.submit(helpers.square, i) for i in range(2)]
             keys = busy.dispatched(2)
             busy.send(WorkerResults([], [keys[0]], 0))  # runs the first, holds the second
@@ -301,7 +301,7 @@ def test_a_client_gone_while_its_cancel_waits_on_a_worker_costs_the_broker_nothi
     """The client of a cancel that waits on a worker's answer goes away (its
     connection closes) and is dropped; the answer then comes, and the broker
     carries on."""
-    from broker.status import query
+    from zeropool.broker.status import query
     broker, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "5")
     worker, raw_client = Peer(zmq.DEALER, b"raw-worker"), Peer(zmq.DEALER, b"raw-client")
     try:
@@ -389,11 +389,11 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
 @pytest.mark.timeout(120)
 def test_only_the_task_that_kills_workers_fails_not_its_neighbours(cluster):
     address = cluster(2)
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         warm_up(ex)  # prefetching: the killer's neighbours wait on the same worker
         futures = [ex.submit(helpers.square, i) for i in range(20)]
         killer = ex.submit(helpers.exit_process)
         futures += [ex.submit(helpers.square, i) for i in range(20, 40)]
-        with pytest.raises(client.WorkerLostError):
+        with pytest.raises(zeropool.WorkerLostError):
             killer.result(timeout=90)
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(40)]

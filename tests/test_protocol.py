@@ -18,14 +18,14 @@ import pytest
 from hypothesis import strategies
 import zmq
 
-import protocol
-from protocol import payload
+from zeropool import protocol
+from zeropool.protocol import payload
 from tests import helpers
-from protocol.errors import RemoteError, RemoteTraceback
-from protocol.defaults import PROTOCOL_VERSION
-from protocol.frames import MAX_HEADER_SIZE
-from protocol.messages import MAX_PEER_ID, MAX_TEXT
-from protocol import (
+from zeropool.protocol.errors import RemoteError, RemoteTraceback
+from zeropool.protocol.defaults import PROTOCOL_VERSION
+from zeropool.protocol.frames import MAX_HEADER_SIZE
+from zeropool.protocol.messages import MAX_PEER_ID, MAX_TEXT
+from zeropool.protocol import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat, Hello,
     ProtocolError, Refused, Role, Status, Submit, Welcome, WorkerResults,
 )
@@ -400,7 +400,7 @@ def test_submit_announcing_more_frames_than_sent_is_refused():
 
 
 def test_payloads_travel_inline_when_small_and_as_frames_otherwise():
-    from protocol.defaults import INLINE_MAX
+    from zeropool.protocol.defaults import INLINE_MAX
     small, big = b"s" * INLINE_MAX, b"b" * (INLINE_MAX + 1)
     assert protocol.pack_payload([small]) == (0, small, [])
     assert protocol.pack_payload([big]) == (1, b"", [big])
@@ -772,7 +772,7 @@ def test_this_versions_hello_is_still_strict():
 
 
 def test_short_repr_bounds_depth_and_length():
-    from protocol.messages import short_repr
+    from zeropool.protocol.messages import short_repr
     deep: list = []
     for _ in range(5000):
         deep = [deep]

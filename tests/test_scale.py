@@ -6,13 +6,13 @@ import os
 
 import pytest
 
-import client
+import zeropool
 from tests import helpers
 
 
 @pytest.mark.timeout(180)
 def test_ten_thousand_tasks_through_two_workers(shared_cluster):
-    with client.Executor(address=shared_cluster) as ex:
+    with zeropool.Executor(address=shared_cluster) as ex:
         futures = {ex.submit(helpers.square, i): i for i in range(10_000)}
         seen = 0
         for future in cf.as_completed(futures, timeout=150):
@@ -29,7 +29,7 @@ def test_long_task_does_not_stall_heartbeats_or_other_results(programs, tmp_path
     programs.worker(address, "--threads", "2")
     runs = tmp_path / "runs"
     runs.mkdir()
-    with client.Executor(address) as ex:
+    with zeropool.Executor(address) as ex:
         long = ex.submit(helpers.count_run_then_sleep, str(runs), 4, "long")
         short = [ex.submit(helpers.square, i) for i in range(500)]
         for future in cf.as_completed(short, timeout=60):
@@ -42,7 +42,7 @@ def test_long_task_does_not_stall_heartbeats_or_other_results(programs, tmp_path
 @pytest.mark.timeout(120)
 def test_a_future_kept_after_its_result_does_not_keep_its_arguments(shared_cluster):
     # The client keeps each call's pickle for a resubmission until it is answered.
-    with client.Executor(address=shared_cluster) as ex:
+    with zeropool.Executor(address=shared_cluster) as ex:
         done = ex.submit(len, b"x" * (1 << 20))
         failed = ex.submit(helpers.raise_value_error, "x" * (1 << 20))
         assert done.result(timeout=60) == 1 << 20

@@ -14,12 +14,12 @@ import subprocess
 import pytest
 import zmq
 
-import client
-from broker.__main__ import is_loopback
-from client import BrokerUnreachable, Executor, Security
-from protocol import PROTOCOL_VERSION, Hello, Op, Role, Submit, decode, encode, pack_payload
-from protocol.payload import dumps_call
-from protocol.security import HandshakeWatch
+import zeropool
+from zeropool.broker.__main__ import is_loopback
+from zeropool.client import BrokerUnreachable, Executor, Security
+from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role, Submit, decode, encode, pack_payload
+from zeropool.protocol.payload import dumps_call
+from zeropool.protocol.security import HandshakeWatch
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
@@ -256,9 +256,9 @@ def test_security_settings_are_checked(keys, tmp_path, monkeypatch):
         Security.from_environment()
     with pytest.raises(ValueError, match="embedded cluster"):
         Executor(security=security(keys, "client"))
-    with pytest.raises(TypeError, match="client.Security"):
+    with pytest.raises(TypeError, match="zeropool.Security"):
         Executor(address="tcp://127.0.0.1:1", security="keys/client.key_secret")
-    assert client.Security is Security
+    assert zeropool.Security is Security
 
 
 def test_status_works_against_a_curve_broker(secure, keys):

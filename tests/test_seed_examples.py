@@ -11,13 +11,13 @@ import time
 import pytest
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
-OURS = "client.Executor(max_workers=3)"
+OURS = "zeropool.Executor(max_workers=3)"
 
 
 def original(source: str) -> str:
     """The stdlib version of an example, from the header line that names it."""
     stdlib = re.search(r"concurrent\.futures\.\w+PoolExecutor\(max_workers=3\)", source).group()
-    return source.replace(OURS, stdlib).replace("import client  # zeropool\n", "")
+    return source.replace(OURS, stdlib).replace("import zeropool\n", "")
 
 
 def test_examples_change_only_the_executor_line():

@@ -8,8 +8,8 @@ import threading
 import pytest
 import zmq
 
-from protocol.sockets import SocketTurn, readable, recv_frames, send_frames
-from protocol.waker import Waker
+from zeropool.protocol.sockets import SocketTurn, readable, recv_frames, send_frames
+from zeropool.protocol.waker import Waker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -125,8 +125,8 @@ def test_a_submit_interrupted_mid_send_still_runs_its_task(shared_cluster, monke
     """Ctrl-C while a caller sends its lone task itself, after half the
     message went: the task is neither lost nor sent twice, and the executor
     goes on (the connection with the half message is replaced)."""
-    from client import Executor
-    from client import session as session_module
+    from zeropool.client import Executor
+    from zeropool.client import session as session_module
     from tests.helpers import square
 
     real = session_module.send_frames

@@ -2,7 +2,7 @@
 peer loss and liveness, all driven directly with explicit ``now`` values."""
 from __future__ import annotations
 
-from broker.state import Assignment, BrokerState
+from zeropool.broker.state import Assignment, BrokerState
 
 C1 = b"client-1"
 C2 = b"client-2"

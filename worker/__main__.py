@@ -1,4 +1,4 @@
-"""Command line: ``worker ADDRESS --threads 4`` (also ``python -m worker``)."""
+"""Command line: ``worker ADDRESS --threads 4`` (also ``python -m zeropool.worker``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,8 +7,8 @@ import os
 import signal
 import sys
 
-from protocol import defaults
-from protocol.security import add_key_options, security_from_options
+from zeropool.protocol import defaults
+from zeropool.protocol.security import add_key_options, security_from_options
 
 log = logging.getLogger("zeropool.worker")
 
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = args.path + [d for d in os.environ.get("ZEROPOOL_PATH", "").split(os.pathsep) if d]
     sys.path.extend(d for d in extra if d not in sys.path)  # after our own, never before
 
-    from worker.agent import Agent
+    from zeropool.worker.agent import Agent
 
     def run_agent(supervisor_fd: int | None = None) -> int:
         watch = tuple(fd for fd in (args.watch_fd, supervisor_fd) if fd is not None)
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.processes is None:
         return run_agent()
-    from worker.supervisor import supervise
+    from zeropool.worker.supervisor import supervise
     return supervise(args.processes, run_agent, watch_fd=args.watch_fd)
 
 

@@ -60,16 +60,16 @@ import time
 
 import zmq
 
-from protocol import (
+from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
     Withdraw, Withdrawn, WorkerResults, decode, encode, header_budget, pack_payload,
     split_frames, text_size, unpack_payloads,
 )
-from protocol import defaults
-from protocol.security import HandshakeWatch, Security, close_watched
-from protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
-from protocol.waker import Waker
-from worker.runner import Runner
+from zeropool.protocol import defaults
+from zeropool.protocol.security import HandshakeWatch, Security, close_watched
+from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
+from zeropool.protocol.waker import Waker
+from zeropool.worker.runner import Runner
 
 log = logging.getLogger("zeropool.worker")
 

@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Callable
 
-from protocol import Status
-from protocol.payload import dumps_exception, dumps_result, loads, loads_call
-from worker import output
+from zeropool.protocol import Status
+from zeropool.protocol.payload import dumps_exception, dumps_result, loads, loads_call
+from zeropool.worker import output
 
 log = logging.getLogger("zeropool.worker")
 
