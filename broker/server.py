@@ -41,6 +41,7 @@ import zmq
 from zeropool.broker.auth import KeyRing, ZapHandler
 from zeropool.broker.state import BrokerState, Expired
 from zeropool.broker.stats import Stats as Counters
+from zeropool.broker.stats import slots
 from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat,
     Hello, Op, ProtocolError, Refused, Role, Stats, StatsReply, Status, Submit, Welcome,
@@ -359,6 +360,7 @@ class Broker:
     def report(self) -> dict:
         """What ``broker status`` shows: plain values only."""
         now, state, stats = time.monotonic(), self.state, self.stats
+        demand = slots(state)
         workers = [{
             "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
             "busy": sum(t.started for t in w.in_flight.values()), "held": w.occupied,
@@ -378,6 +380,8 @@ class Broker:
             "tasks_per_second": round(stats.rate(now), 2), "submitted": stats.submitted,
             "completed": stats.completed, "failed": stats.failed, "requeued": stats.requeued,
             "cancelled": stats.cancelled, "unloadable": stats.unloadable,
+            # What autoscaling reads (zeropool_demand_slots, zeropool_capacity_slots).
+            "demand_slots": demand.demand, "capacity_slots": demand.capacity,
             "workers": workers, "clients": clients,
         }
 

@@ -57,6 +57,7 @@ def render(report: dict) -> str:
         f"TASKS/S (1 MIN) {report['tasks_per_second']:g}  SUBMITTED {report['submitted']}  "
         f"COMPLETED {report['completed']}  FAILED {report['failed']}  "
         f"REQUEUED {report['requeued']}  CANCELLED {report['cancelled']}",
+        f"SLOTS DEMANDED {report['demand_slots']}  CONNECTED {report['capacity_slots']}",
         "",
     ]
     workers = [[w["id"], w["host"], w["pid"], w["threads"], w["busy"], w["held"], w["done"],

@@ -41,6 +41,11 @@ from tests.conftest import descendants
 from tests.helpers import wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# As CPython's own tests: the stdlib process pool forks (before 3.14) while this
+# process has threads, zeropool's among them.
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 RAISES = ("ValueError", "SystemExit", "KeyboardInterrupt")
 ERRORS = {"ValueError": ValueError, "SystemExit": SystemExit,
           "KeyboardInterrupt": KeyboardInterrupt}

@@ -61,6 +61,7 @@ def test_status_lists_workers_clients_and_counts(cluster):
     assert report["pid"] == broker_pid and report["curve"] is False
     assert report["submitted"] == report["completed"] == 40
     assert report["failed"] == report["requeued"] == report["queued"] == 0
+    assert report["demand_slots"] == 0 and report["capacity_slots"] == 2
     assert sum(w["done"] for w in report["workers"]) == 40
     assert all(w["threads"] == 1 and w["host"] and w["pid"] for w in report["workers"])
     [me] = report["clients"]
@@ -68,6 +69,7 @@ def test_status_lists_workers_clients_and_counts(cluster):
     assert table.returncode == 0
     lines = table.stdout.splitlines()
     assert lines[0].startswith(f"BROKER {address}")
+    assert "SLOTS DEMANDED 0  CONNECTED 2" in lines[2]
     assert any(line.split()[:2] == ["WORKER", "HOST"] for line in lines)
     assert sum(line.startswith("w-") for line in lines) == 2
     assert any(line.startswith("c-") for line in lines)
