@@ -45,9 +45,11 @@ def local_address(directory: str, name: str = "broker") -> str:
 
 
 class LocalCluster:
-    """A broker on a local socket and one supervisor of ``workers`` processes."""
+    """A broker on a local socket and one supervisor of ``workers`` processes
+    (each replaced by a fresh one after ``max_tasks_per_child`` tasks, if given)."""
 
-    def __init__(self, workers: int, threads: int = 1, log_level: str = "WARNING") -> None:
+    def __init__(self, workers: int, threads: int = 1, log_level: str = "WARNING",
+                 max_tasks_per_child: int | None = None) -> None:
         self.workers = workers
         self._watch_read, self._watch_write = os.pipe()
         self._cwd = tempfile.mkdtemp(prefix="zeropool-")
@@ -73,8 +75,10 @@ class LocalCluster:
                     "the embedded broker exited before listening; its error is printed above. "
                     "Check that zeropool is installed (pip install zeropool) in "
                     f"{sys.executable}")
+            recycling = ([] if max_tasks_per_child is None
+                         else ["--max-tasks-per-child", str(max_tasks_per_child)])
             self._start([*_command("worker"), self.address, "--processes", str(workers),
-                         "--threads", str(threads), "--log-level", log_level])
+                         "--threads", str(threads), "--log-level", log_level, *recycling])
         except BaseException:
             self.close()
             raise

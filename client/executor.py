@@ -45,7 +45,13 @@ class Executor(_BaseExecutor):
     ``mp_context`` is accepted for ``ProcessPoolExecutor``'s signature and
     ignored: workers are separate processes that start on their own, never
     forked from this one, so every call behaves as under the "spawn" context.
-    ``max_tasks_per_child`` is not supported yet and raises NotImplementedError.
+
+    ``max_tasks_per_child``: as ``ProcessPoolExecutor``'s, each of the
+    embedded cluster's worker processes runs that many tasks, then leaves
+    and is replaced by a fresh one (``worker --max-tasks-per-child``).
+    Workers attached to a broker given by ``address`` are not this
+    executor's to configure: it then raises ValueError; start those
+    workers with ``worker --max-tasks-per-child N`` instead.
 
     ``security``: for a broker with CURVE on, a ``Security`` holding the
     broker's public key and this client's key pair, e.g.
@@ -93,9 +99,11 @@ class Executor(_BaseExecutor):
                 raise TypeError("max_tasks_per_child must be an integer")
             if max_tasks_per_child <= 0:
                 raise ValueError("max_tasks_per_child must be >= 1")
-            raise NotImplementedError(
-                "max_tasks_per_child is not supported by zeropool yet; leave it out (each "
-                "worker process then runs any number of tasks)")
+            if address is not None:
+                raise ValueError(
+                    "max_tasks_per_child applies to the embedded cluster (no address); the "
+                    f"workers of the broker at {address} are started on their own: give "
+                    f"them `worker --max-tasks-per-child {max_tasks_per_child}` instead")
         if task_output not in TASK_OUTPUT:
             raise ValueError(f"task_output must be one of {TASK_OUTPUT}, not {task_output!r}")
         if initializer is not None and not callable(initializer):
@@ -103,7 +111,8 @@ class Executor(_BaseExecutor):
         init_frames = _initializer_frames(initializer, tuple(initargs))
         self._cluster: LocalCluster | None = None
         if address is None:
-            self._cluster = LocalCluster(max_workers or os.cpu_count() or 1)
+            self._cluster = LocalCluster(max_workers or os.cpu_count() or 1,
+                                         max_tasks_per_child=max_tasks_per_child)
             address, cap = self._cluster.address, None
         else:
             cap = max_workers

@@ -277,3 +277,17 @@ class MarkWhenFreed:
             touch(os.path.join(self.directory, str(os.getpid())))
         except Exception:
             pass  # at interpreter exit, or the directory is gone
+
+
+_held = []  # what hold_memory keeps, for as long as its process lives
+
+
+def hold_memory(megabytes):
+    """Allocate ``megabytes`` MB, touching every page, keep it; returns the pid."""
+    _held.append(b"\x01" * (megabytes * 10**6))
+    return os.getpid()
+
+
+def pids_of_runs(directory):
+    """The pids that record_run's files name, one per run."""
+    return [int(name.split("-")[1]) for name in os.listdir(directory)]

@@ -1106,10 +1106,34 @@ def test_max_tasks_per_child_validation(kind, bad, error, message):
         make(kind, workers=1, max_tasks_per_child=bad)
 
 
-def test_max_tasks_per_child_is_not_implemented():
-    """zeropool: not supported yet, and says so rather than ignoring it."""
-    with pytest.raises(NotImplementedError, match="max_tasks_per_child"):
-        make("zeropool", workers=1, max_tasks_per_child=3)
+@pytest.mark.parametrize("kind", MAX_TASKS_KINDS)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_max_tasks_per_child_replaces_worker_processes(kind, workers):
+    """As test_process_pool.py's test_max_tasks_per_child: each worker process
+    runs at most that many calls, then a fresh one takes its place. One call
+    at a time, as CPython's test does: ProcessPoolExecutor (3.11, 3.13.0 here)
+    can hang when calls are queued while a worker exits for this limit.
+    (tests/test_recycling.py sends zeropool's in a burst.)"""
+    ex = make(kind, workers=workers, max_tasks_per_child=2)
+    try:
+        pids = [ex.submit(helpers.getpid).result(timeout=60) for _ in range(10)]
+    finally:
+        ex.shutdown()
+        if kind == "process":
+            # With this limit it spawns its workers, which starts the resource
+            # tracker: a process of this one's, which no test may leave.
+            from multiprocessing import resource_tracker
+            resource_tracker._resource_tracker._stop()
+    assert len(pids) == 10 and all(isinstance(pid, int) for pid in pids)
+    assert os.getpid() not in pids
+    assert len(set(pids)) >= 5, pids
+
+
+def test_max_tasks_per_child_with_an_address_is_refused():
+    """zeropool: the workers of a broker given by address are not this
+    executor's to start, so it says where the setting belongs instead."""
+    with pytest.raises(ValueError, match="worker --max-tasks-per-child 3"):
+        make("zeropool", workers=1, max_tasks_per_child=3, address="tcp://127.0.0.1:9")
 
 
 # -- what cannot be pickled ------------------------------------------------------

@@ -9,12 +9,15 @@ import sys
 
 from zeropool.protocol import defaults
 from zeropool.protocol.security import add_key_options, security_from_options
+from zeropool.worker.memory import parse_size
 
 log = logging.getLogger("zeropool.worker")
 
 RET_OK = 0  # drained and left, or stopped by a signal
 RET_USAGE = 2  # bad command line (argparse's own code)
-# Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone).
+# Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone;
+# 6 and 7, recycled, only pass between a worker process and its supervisor).
+RECYCLE, RECYCLE_MEMORY = 6, 7  # worker.agent.Exit's, kept apart: no zmq import here
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -23,10 +26,20 @@ def _env_int(name: str, default: int | None) -> int | None:
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parser() -> argparse.ArgumentParser:
@@ -42,6 +55,19 @@ def parser() -> argparse.ArgumentParser:
                    help="worker processes to start, for CPU-bound work; when given (even 1), "
                    "a supervisor starts them and restarts one that dies (default: "
                    "$ZEROPOOL_PROCESSES, else this one process, unsupervised)")
+    # String defaults go through ``type`` too: a bad $ZEROPOOL_... is a usage error.
+    p.add_argument("--max-tasks-per-child", type=_positive, metavar="N",
+                   default=os.environ.get("ZEROPOOL_MAX_TASKS_PER_CHILD") or None,
+                   help="a worker process that has started N tasks finishes them and is "
+                   "replaced by a fresh one, as ProcessPoolExecutor's max_tasks_per_child; "
+                   "implies a supervisor (default: $ZEROPOOL_MAX_TASKS_PER_CHILD, else no "
+                   "limit)")
+    p.add_argument("--max-memory", type=_size, metavar="SIZE",
+                   default=os.environ.get("ZEROPOOL_MAX_MEMORY") or None,
+                   help="a worker process whose resident memory exceeds SIZE after a task "
+                   "(e.g. 300MB, 2GiB, or bytes) finishes its running tasks and is replaced "
+                   "by a fresh one; implies a supervisor (default: $ZEROPOOL_MAX_MEMORY, "
+                   "else no limit)")
     p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL,
                    metavar="SECONDS",
                    help=f"seconds between heartbeats (default: {defaults.HEARTBEAT_INTERVAL})")
@@ -82,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     def run_agent(supervisor_fd: int | None = None) -> int:
         watch = tuple(fd for fd in (args.watch_fd, supervisor_fd) if fd is not None)
         agent = Agent(args.address, args.threads, heartbeat_interval=args.heartbeat_interval,
-                      liveness=args.liveness, watch_fds=watch, security=security)
+                      liveness=args.liveness, watch_fds=watch, security=security,
+                      max_tasks=args.max_tasks_per_child, max_memory=args.max_memory)
 
         def on_signal(signum: int, frame: object) -> None:
             if agent.draining:
@@ -96,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         return int(agent.run())
 
-    if args.processes is None:
+    recycled = {}  # exit codes of a worker process that left to be replaced
+    if args.max_tasks_per_child is not None:
+        recycled[RECYCLE] = f"ran {args.max_tasks_per_child} tasks"
+    if args.max_memory is not None:
+        recycled[RECYCLE_MEMORY] = f"went over --max-memory {args.max_memory:,} bytes"
+    if args.processes is None and not recycled:
         return run_agent()
     from zeropool.worker.supervisor import supervise
-    return supervise(args.processes, run_agent, watch_fd=args.watch_fd)
+    # Recycling needs a supervisor, even for one process: someone must start the next.
+    return supervise(args.processes or 1, run_agent, watch_fd=args.watch_fd, recycled=recycled)
 
 
 if __name__ == "__main__":

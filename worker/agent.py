@@ -44,6 +44,13 @@ libzmq's I/O thread answers without the GIL (protocol.sockets.keep_alive): a
 task holding the GIL does not make the broker take this worker for dead. A
 worker whose parent has gone (``watch_fds``) stops quietly, even when it
 hears first from the broker that it goes away too.
+
+Recycling (``max_tasks``, ``max_memory``): a process that has been given
+its last task (its credit never offers more than it has left to run), or
+whose memory has grown past the limit after a task, drains as on SIGTERM:
+it gives back what it holds unstarted, finishes what runs, says goodbye,
+and exits with Exit.RECYCLE or Exit.RECYCLE_MEMORY, for its supervisor to
+start a fresh one. Nothing is requeued as lost, nothing runs twice.
 """
 from __future__ import annotations
 
@@ -69,6 +76,7 @@ from zeropool.protocol import defaults
 from zeropool.protocol.security import HandshakeWatch, Security, close_watched
 from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
 from zeropool.protocol.waker import Waker
+from zeropool.worker.memory import rss
 from zeropool.worker.runner import Runner
 
 log = logging.getLogger("zeropool.worker")
@@ -103,6 +111,8 @@ class Exit(enum.IntEnum):
     OK = 0  # drained and left, or told to stop
     REFUSED = 4  # the broker refused this worker (for example a protocol mismatch)
     PARENT_GONE = 5  # the process that started it (embedded cluster) has exited
+    RECYCLE = 6  # ran its max_tasks tasks: its supervisor starts a fresh process
+    RECYCLE_MEMORY = 7  # grew past max_memory: its supervisor starts a fresh process
 
 
 class Agent:
@@ -113,13 +123,21 @@ class Agent:
                  liveness: int = defaults.HEARTBEAT_LIVENESS,
                  max_message_size: int = defaults.MAX_MESSAGE_SIZE,
                  watch_fds: tuple[int, ...] = (),
-                 security: Security | None = None) -> None:
+                 security: Security | None = None,
+                 max_tasks: int | None = None,
+                 max_memory: int | None = None) -> None:
         self.address = address
         self.security = security
         self.threads = threads
         self.heartbeat_interval = heartbeat_interval
         self.liveness = liveness
         self.max_message_size = max_message_size
+        # Recycling: tasks this process may be given in all, and the RSS in
+        # bytes past which it leaves after a task (None: no limit).
+        self.max_tasks = max_tasks
+        self.max_memory = max_memory
+        self._taken = 0  # tasks given to this process and not given back
+        self._recycle: Exit | None = None  # why it drains, if to be replaced
         # Pipes whose writers (the process that started us) hold the other end:
         # readable means that process is gone, and so should we be.
         self.watch_fds = tuple(watch_fds)
@@ -252,16 +270,23 @@ class Agent:
             self._send_results()
             if self._runner.waiting:
                 self._give_back_waiting()
+            self._check_recycle(finished=False)
             if self._draining and not announced_drain:
                 if self._runner.waiting:  # other workers may run them now
                     self._give_back(0, list(self._runner.waiting))
-                log.info("draining: finishing %d running task(s), taking no new ones",
-                         len(self._running))
+                # A recycling is told in one line, by the supervisor.
+                log.log(logging.DEBUG if self._recycle else logging.INFO,
+                        "draining: finishing %d running task(s), taking no new ones",
+                        len(self._running))
                 self._send(Drain())
                 announced_drain = True
             # Leave once the broker has confirmed it sends nothing more (so no
             # task is on its way here) and every task has been answered.
             if self._drain_confirmed and not self._running:
+                if self._recycle:
+                    self._send(Bye("worker recycled"))
+                    log.debug("drained; leaving to be replaced")
+                    return self._recycle
                 self._send(Bye("worker drained"))
                 log.info("drained; leaving")
                 return Exit.OK
@@ -279,7 +304,7 @@ class Agent:
                     return Exit.PARENT_GONE
                 if self._draining and not self._running:
                     log.warning("broker %s is gone while draining; leaving", self.address)
-                    return Exit.OK
+                    return self._recycle or Exit.OK
                 self._reconnect()
             elif now - self._last_send >= self.heartbeat_interval:
                 self._send(Heartbeat())
@@ -397,6 +422,7 @@ class Agent:
             key = (client_id, task_id)
             self._running.add(key)
             self._unreported.add(key)
+            self._taken += 1
             if lone:
                 self._lone = (key, frames)
             else:
@@ -414,6 +440,7 @@ class Agent:
             self._lone = None
         self._running.difference_update(taken)
         self._unreported.difference_update(taken)
+        self._taken -= len(taken)
         if self._forgetting and taken:
             self._forget_idle_clients()
         if not request_id:
@@ -428,6 +455,8 @@ class Agent:
         if self._draining:
             return 0
         grant = max(0, self.threads + self._prefetch() - len(self._running) - self._outstanding)
+        if self.max_tasks is not None:  # never more than this process has left to run
+            grant = min(grant, max(0, self.max_tasks - self._taken - self._outstanding))
         self._outstanding += grant
         return grant
 
@@ -547,7 +576,7 @@ class Agent:
                 if self._socket is not sock:
                     return
                 self._send_results()
-                if not self._broker_seen:  # the send asks for a reconnect
+                if self._draining or not self._broker_seen:  # recycling, or a reconnect
                     return
                 self._lent_active_at = time.monotonic()
         finally:
@@ -597,12 +626,31 @@ class Agent:
             self._unreported.difference_update(started)
             if self._forgetting and results:
                 self._forget_idle_clients()
+            if results:  # before the credit: a process to replace asks for none
+                self._check_recycle(finished=True)
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
             self._send(WorkerResults(results, [list(k) for k in started], credit, printed),
                        payload)
         self._shed_credit()  # tasks may have turned long just now
+
+    def _check_recycle(self, finished: bool) -> None:
+        """Drain, to be replaced, once every task this process may run has
+        started, or (``finished``: a task has just ended) once it holds more
+        memory than ``max_memory``."""
+        if self._draining:
+            return
+        if (self.max_tasks is not None and self._taken >= self.max_tasks
+                and not self._runner.waiting and self._lone is None):
+            log.debug("started its %d tasks; leaving to be replaced", self.max_tasks)
+            self._recycle, self._draining = Exit.RECYCLE, True
+        elif finished and self.max_memory is not None:
+            used = rss()
+            if used > self.max_memory:
+                log.debug("uses %d bytes of memory, more than %d; leaving to be replaced",
+                          used, self.max_memory)
+                self._recycle, self._draining = Exit.RECYCLE_MEMORY, True
 
     def _forget_idle_clients(self, news: list = ()) -> None:
         """Drop the initializers of gone clients that have no task here any more

@@ -1,5 +1,7 @@
 """``worker --processes N``: start N worker processes, watch them, restart
-one that dies, and forward SIGTERM/SIGINT to them.
+one that dies, and forward SIGTERM/SIGINT to them. A child that leaves to
+be recycled (``worker --max-tasks-per-child``, ``--max-memory``) is replaced
+at once, with one INFO line.
 
 Children are forked after the imports, so they start in milliseconds, and are
 put in their own process group: a Ctrl-C in the terminal reaches only the
@@ -13,7 +15,7 @@ import multiprocessing.connection
 import os
 import signal
 import time
-from typing import Callable
+from typing import Callable, Mapping
 
 log = logging.getLogger("zeropool.worker")
 
@@ -31,11 +33,14 @@ def _child(target: Callable[[int], int], watch_read: int, watch_write: int) -> N
     os._exit(target(watch_read))
 
 
-def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None = None) -> int:
+def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None = None,
+              recycled: Mapping[int, str] = {}) -> int:
     """Run ``target(fd)`` in ``processes`` children until signalled; returns an exit code.
 
     ``fd`` becomes readable when the supervisor dies, even by SIGKILL, so the
-    children (in process groups of their own) never outlive it.
+    children (in process groups of their own) never outlive it. A child that
+    exits with a code in ``recycled`` left on purpose, to be replaced (its
+    value says why, e.g. "ran 5 tasks"): a new one starts at once.
     """
     context = multiprocessing.get_context("fork")
     watch_read, watch_write = os.pipe()
@@ -101,6 +106,11 @@ def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None
                     stopping, exit_code = True, REFUSED
                     for other, _ in children.values():
                         other.terminate()
+                    continue
+                if process.exitcode in recycled:
+                    log.info("worker process %d %s; replacing it", process.pid,
+                             recycled[process.exitcode])
+                    start(slot)
                     continue
                 lived = time.monotonic() - started
                 log.error("worker process %d exited with code %s after %.1fs; restarting it",
