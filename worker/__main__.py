@@ -17,7 +17,6 @@ RET_OK = 0  # drained and left, or stopped by a signal
 RET_USAGE = 2  # bad command line (argparse's own code)
 # Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone;
 # 6 and 7, recycled, only pass between a worker process and its supervisor).
-RECYCLE, RECYCLE_MEMORY = 6, 7  # worker.agent.Exit's, kept apart: no zmq import here
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     extra = args.path + [d for d in os.environ.get("ZEROPOOL_PATH", "").split(os.pathsep) if d]
     sys.path.extend(d for d in extra if d not in sys.path)  # after our own, never before
 
-    from zeropool.worker.agent import Agent
+    from zeropool.worker.agent import Agent, Exit
 
     def run_agent(supervisor_fd: int | None = None) -> int:
         watch = tuple(fd for fd in (args.watch_fd, supervisor_fd) if fd is not None)
@@ -125,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
     recycled = {}  # exit codes of a worker process that left to be replaced
     if args.max_tasks_per_child is not None:
-        recycled[RECYCLE] = f"ran {args.max_tasks_per_child} tasks"
+        recycled[int(Exit.RECYCLE)] = f"ran {args.max_tasks_per_child} tasks"
     if args.max_memory is not None:
-        recycled[RECYCLE_MEMORY] = f"went over --max-memory {args.max_memory:,} bytes"
+        recycled[int(Exit.RECYCLE_MEMORY)] = f"went over --max-memory {args.max_memory:,} bytes"
     if args.processes is None and not recycled:
         return run_agent()
     from zeropool.worker.supervisor import supervise
