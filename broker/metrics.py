@@ -24,6 +24,17 @@ class _Collector:
                                 value=state.queued_count)
         yield GaugeMetricFamily("zeropool_in_flight", "Tasks given to workers, not yet finished",
                                 value=len(state.in_flight))
+        by_priority = GaugeMetricFamily("zeropool_queued_tasks", "Tasks queued, by priority",
+                                        labels=["priority"])
+        for priority, count in state.queued_by_priority().items():
+            by_priority.add_metric([str(priority)], count)
+        yield by_priority
+        by_client = GaugeMetricFamily("zeropool_client_queued_tasks",
+                                      "Tasks queued, by client", labels=["client"])
+        for client in list(state.clients.values()):
+            by_client.add_metric([client.client_id.decode("utf-8", "backslashreplace")],
+                                 client.queued)
+        yield by_client
         yield GaugeMetricFamily("zeropool_workers", "Workers connected", value=len(state.workers))
         yield GaugeMetricFamily("zeropool_clients", "Clients connected", value=len(state.clients))
         # What autoscaling needs (deploy/kubernetes/scaledobject.yaml): demand

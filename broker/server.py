@@ -330,10 +330,14 @@ class Broker:
             if payload:
                 raise ProtocolError("a worker's HELLO carries no payload")
             _, expired = self.state.add_worker(peer_id, hello.credit, now, pid=hello.pid,
-                                               host=hello.host, threads=hello.threads)
+                                               host=hello.host, threads=hello.threads,
+                                               resources=hello.resources)
             self._report(expired, "rejoined")
-            log.info("worker %s joined (host %s, pid %d, %d slots)", peer_id.hex(), hello.host,
-                     hello.pid, hello.credit)
+            for client in self.state.clients.values():
+                client.warned.clear()  # what no worker had, this one may have
+            log.info("worker %s joined (host %s, pid %d, %d slots%s)", peer_id.hex(), hello.host,
+                     hello.pid, hello.credit,
+                     "".join(f", {name}={amount:g}" for name, amount in hello.resources.items()))
         self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness,
                                     self.max_message_size))
         # Clients learn the number of workers at once, not at the next
@@ -364,7 +368,7 @@ class Broker:
         workers = [{
             "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
             "busy": sum(t.started for t in w.in_flight.values()), "held": w.occupied,
-            "done": w.done, "failed": w.failed,
+            "done": w.done, "failed": w.failed, "resources": w.resources, "free": w.free,
             "draining": w.draining, "last_heartbeat": round(now - w.last_seen, 3),
             "key": key_id(self._peer_keys[w.worker_id]) if w.worker_id in self._peer_keys
             else None,
@@ -383,22 +387,49 @@ class Broker:
             # What autoscaling reads (zeropool_demand_slots, zeropool_capacity_slots).
             "demand_slots": demand.demand, "capacity_slots": demand.capacity,
             "workers": workers, "clients": clients,
+            # msgpack maps need text keys here: the report is decoded strictly.
+            "queued_by_priority": {str(p): n for p, n in
+                                   sorted(state.queued_by_priority().items(), reverse=True)},
+            "unsatisfiable": [{"resources": dict(needs), "queued": count}
+                              for needs, count in state.unsatisfiable()],
         }
 
     def on_submit(self, client_id: bytes, submit: Submit, payload: list) -> None:
         groups = unpack_payloads(submit.tasks, 1, payload)
         now = time.monotonic()
         accepted = 0
-        for (task_id, _, inline), frames in zip(submit.tasks, groups):
+        state = self.state
+        for row, frames in zip(submit.tasks, groups):
             # Inline payloads are kept as the bytes alone: a million queued
             # tasks then need no million one-item lists.
-            if self.state.submit(client_id, task_id, inline or frames, now):
-                accepted += 1
+            if len(row) == 3:
+                accepted += state.submit(client_id, row[0], row[2] or frames, now)
+                continue
+            options = row[3]
+            accepted += state.submit(client_id, row[0], row[2] or frames, now, options)
+            if options.resources and not state.satisfiable(options.resources):
+                self._warn_unsatisfiable(client_id, options.resources)
         self.stats.submitted += accepted
         if accepted < len(submit.tasks):
             # A client resubmits what it has no result for after a reconnect.
             log.info("client %s sent %d task id(s) already queued or running; dropped them",
                      client_id.hex(), len(submit.tasks) - accepted)
+
+    def _warn_unsatisfiable(self, client_id: bytes, needs: tuple) -> None:
+        """Tell a client, once, that no worker has what its task needs (it
+        stays queued: such a worker may join)."""
+        client = self.state.clients[client_id]
+        if needs in client.warned:
+            return
+        client.warned.add(needs)
+        wanted = ", ".join(f"{name}={amount:g}" for name, amount in needs)
+        log.warning("client %s queued tasks that need %s, which no connected worker has",
+                    client_id.hex(), wanted)
+        self._send(client_id, Error(
+            "unsatisfiable", f"tasks that need resources {wanted} stay queued: no worker "
+            f"connected to the broker has them. Start one with worker --resources "
+            f"{','.join(f'{name}={amount:g}' for name, amount in needs)}, or submit them "
+            "with needs that a worker meets"))
 
     def on_cancel(self, client_id: bytes, cancel: Cancel, payload: list) -> None:
         if cancel.queued_only:
@@ -610,7 +641,10 @@ class Broker:
                     self._send(assignment.worker_id, Dispatch(rows, inits), payload)
                     rows, payload, size, inits = [], [], 0, []
                 nframes, inline, frames = pack_payload(task.frames)
-                rows.append([task.client_id, task.task_id, nframes, inline])
+                if task.options.priority:  # the worker runs what waits there by it
+                    rows.append([task.client_id, task.task_id, nframes, inline, task.options])
+                else:
+                    rows.append([task.client_id, task.task_id, nframes, inline])
                 payload.extend(frames)
                 size += len(inline) + 16
                 queued = task.dispatch(now)
@@ -622,6 +656,12 @@ class Broker:
         for worker_id, keys in self.state.to_steal():
             log.debug("asking worker %s back for up to %d waiting task(s): other workers "
                       "are idle", worker_id.hex(), len(keys))
+            self._send(worker_id, Withdraw(next(self._withdraw_ids), [list(key) for key in keys]))
+        # Tasks waiting on workers that a queued one outranks: asked back the
+        # same way, so that the higher one goes first.
+        for worker_id, keys in self.state.to_preempt():
+            log.debug("asking worker %s back for %d waiting task(s) of lower priority",
+                      worker_id.hex(), len(keys))
             self._send(worker_id, Withdraw(next(self._withdraw_ids), [list(key) for key in keys]))
 
     def _flush(self) -> None:

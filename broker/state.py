@@ -3,20 +3,31 @@
 Plain objects with no sockets; every method that depends on time takes
 ``now`` (a ``time.monotonic()`` value), so this module is tested directly.
 
-Per-task work is O(1): the queue is a deque with a dict beside it for
-cancellation (a cancelled task stays in the deque and is skipped when it
-reaches the front); in-flight tasks are indexed by key globally and per worker.
+The queue is a list of levels, one per (priority, resource needs) in use,
+highest priority first. A worker takes from the first level it can run
+(strict priority; at equal priority, levels that need resources first, so
+that workers offering them do that work). Within a level, clients take
+turns, one task each (fair share), and each client's tasks keep their order.
+
+Per-task work is O(1): levels hold a deque per client and a rotation of
+clients, with a dict beside them for cancellation (a cancelled task stays in
+its deque and is skipped when it reaches the front); in-flight tasks are
+indexed by key globally and per worker. Per dispatch the levels are walked,
+and there are only as many as distinct options in use.
 """
 from __future__ import annotations
 
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
+
+from zeropool.protocol import TaskOptions
 
 TaskKey = tuple  # (client_id: bytes, task_id: int)
 
 
 _STARTED, _SUSPECT, _DISPATCHED = 1, 2, 4  # Task.flags
+DEFAULT_OPTIONS = TaskOptions()
 
 
 @dataclass(slots=True, eq=False)
@@ -37,6 +48,8 @@ class Task:
     # shared by a whole batch.
     time: float = 0.0
     flags: int = 0
+    # Not a slot: tasks with options other than the default are OptionedTasks.
+    options = DEFAULT_OPTIONS
 
     @property
     def key(self) -> TaskKey:
@@ -72,6 +85,77 @@ class Task:
 
 
 @dataclass(slots=True, eq=False)
+class OptionedTask(Task):
+    """A task with a priority or resource needs: one slot more than the
+    million default tasks of a big queue pay for."""
+
+    options: TaskOptions = DEFAULT_OPTIONS
+
+
+class Level:
+    """Queued tasks of one priority and one set of resource needs; clients
+    take turns, one task each."""
+
+    __slots__ = ("priority", "needs", "order", "queues", "rotation", "count")
+
+    def __init__(self, priority: int, needs: tuple, order: int) -> None:
+        self.priority = priority
+        self.needs = needs
+        # Where it goes in the broker's list of levels (see BrokerState._levels_in_order).
+        self.order = (-priority, 0 if needs else 1, order)
+        self.queues: dict[bytes, deque] = {}
+        self.rotation: deque[bytes] = deque()  # clients with tasks here, next first
+        self.count = 0  # live tasks; cancelled ones wait in the deques to be skipped
+
+    def push(self, task: Task, front: bool = False) -> None:
+        queue = self.queues.get(task.client_id)
+        if queue is None:
+            queue = self.queues[task.client_id] = deque()
+            if front:
+                self.rotation.appendleft(task.client_id)
+            else:
+                self.rotation.append(task.client_id)
+        if front:
+            queue.appendleft(task)
+        else:
+            queue.append(task)
+        self.count += 1
+
+    def head(self, clients: dict) -> Task | None:
+        """The next task to go, dropping cancelled ones (and those of gone
+        clients) from the front."""
+        rotation, queues = self.rotation, self.queues
+        while rotation:
+            client_id = rotation[0]
+            queue = queues[client_id]
+            client = clients.get(client_id)
+            while queue:
+                task = queue[0]
+                if client is not None and client.waiting.get(task.task_id) is task:
+                    return task
+                queue.popleft()
+            del queues[client_id]
+            rotation.popleft()
+        return None
+
+    def pop(self) -> None:
+        """Take the task ``head`` returned; the next client's turn comes."""
+        client_id = self.rotation[0]
+        queue = self.queues[client_id]
+        queue.popleft()
+        self.count -= 1
+        if not queue:
+            del self.queues[client_id]
+            self.rotation.popleft()
+        elif len(self.rotation) > 1:
+            self.rotation.rotate(-1)
+
+    def drop_client(self, client_id: bytes) -> None:
+        if self.queues.pop(client_id, None) is not None:
+            self.rotation.remove(client_id)
+
+
+@dataclass(slots=True, eq=False)
 class Worker:
     worker_id: bytes
     credit: int
@@ -88,12 +172,39 @@ class Worker:
     silent: bool = False  # reported silent (see BrokerState.silent) since it last spoke
     isolating: bool = False  # it holds a suspect task, and nothing else
     # Tasks of clients that have gone, which it still runs (or holds) until
-    # their results come: they take its threads as much as its own tasks do.
-    orphans: set = field(default_factory=set)
+    # their results come: they take its threads (and resources) as much as
+    # its own tasks do. TaskKey -> the resources it takes.
+    orphans: dict = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)  # what each of its processes has
+    free: dict = field(default_factory=dict)  # of that, what its tasks leave free
 
     @property
     def occupied(self) -> int:
         return len(self.in_flight) + len(self.orphans)
+
+    def fits(self, needs: tuple) -> bool:
+        """Whether it has ``needs`` free now."""
+        free = self.free
+        for name, amount in needs:
+            if free.get(name, 0) < amount:
+                return False
+        return True
+
+    def could_fit(self, needs: tuple) -> bool:
+        """Whether it has ``needs`` at all, once its tasks are done."""
+        resources = self.resources
+        for name, amount in needs:
+            if resources.get(name, 0) < amount:
+                return False
+        return True
+
+    def take(self, needs: tuple) -> None:
+        for name, amount in needs:
+            self.free[name] -= amount
+
+    def give(self, needs: tuple) -> None:
+        for name, amount in needs:
+            self.free[name] += amount
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +220,8 @@ class Client:
     pid: int = 0
     host: str = ""
     silent: bool = False  # reported silent (see BrokerState.silent) since it last spoke
+    # Resource needs it was told no worker has, while none has (it is told once).
+    warned: set = field(default_factory=set)
 
     @property
     def queued(self) -> int:
@@ -139,7 +252,9 @@ class BrokerState:
     def __init__(self, peer_timeout: float, max_retries: int) -> None:
         self.peer_timeout = peer_timeout
         self.max_retries = max_retries
-        self.queue: deque[Task] = deque()
+        self.levels: dict[tuple, Level] = {}  # (priority, needs) -> its level
+        self.order: list[Level] = []  # the levels, the first served first
+        self._levels_made = 0
         self.queued_count = 0
         self.in_flight: dict[TaskKey, bytes] = {}  # TaskKey -> worker id
         self.workers: dict[bytes, Worker] = {}
@@ -152,12 +267,101 @@ class BrokerState:
         # Whether credit, holders or tasks on workers changed since to_steal
         # last looked: it scans the ready workers, so it looks again only then.
         self._steal_due = False
+        # Priorities of the tasks on workers, but 0, by how many: whether a task
+        # just queued outranks one waiting on a worker (see to_preempt).
+        self._held_priorities: Counter = Counter()
+        self._preempt_due = False
+        # Resource needs -> whether some connected worker has them (until workers change).
+        self._satisfiable: dict[tuple, bool] = {}
 
     @property
     def queued(self) -> dict[TaskKey, Task]:
         """Every queued task by key (built on demand: for tests and tools)."""
         return {(client.client_id, task_id): task for client in self.clients.values()
                 for task_id, task in client.waiting.items()}
+
+    def queued_in_order(self) -> list[Task]:
+        """The queued tasks in the order they would go out to one worker that
+        can run them all (built on demand: for tests and tools)."""
+        tasks = []
+        for level in self.order:
+            queues = {client_id: [t for t in queue
+                                  if self.clients[client_id].waiting.get(t.task_id) is t]
+                      for client_id, queue in level.queues.items()
+                      if client_id in self.clients}
+            rotation = [client_id for client_id in level.rotation if queues.get(client_id)]
+            while rotation:
+                client_id = rotation.pop(0)
+                tasks.append(queues[client_id].pop(0))
+                if queues[client_id]:
+                    rotation.append(client_id)
+        return tasks
+
+    def queued_by_priority(self) -> dict[int, int]:
+        counts: Counter = Counter()
+        for level in self.order:
+            counts[level.priority] += level.count
+        return dict(counts)
+
+    def unsatisfiable(self) -> list[tuple[tuple, int]]:
+        """Resource needs of queued tasks that no connected worker has, with
+        how many such tasks are queued."""
+        counts: Counter = Counter()
+        for level in self.order:
+            if level.needs and not self.satisfiable(level.needs):
+                counts[level.needs] += level.count
+        return list(counts.items())
+
+    def satisfiable(self, needs: tuple) -> bool:
+        """Whether some connected worker (not draining) has ``needs`` at all."""
+        known = self._satisfiable.get(needs)
+        if known is None:
+            known = self._satisfiable[needs] = any(
+                worker.could_fit(needs) for worker in self.workers.values()
+                if not worker.draining)
+        return known
+
+    # -- the levels --------------------------------------------------------
+
+    def _queue(self, task: Task, front: bool = False) -> None:
+        options = task.options
+        level = self.levels.get((options.priority, options.resources))
+        if level is None:
+            level = self._add_level(options)
+        level.push(task, front)
+        self.clients[task.client_id].waiting[task.task_id] = task
+        self.queued_count += 1
+
+    def _add_level(self, options: TaskOptions) -> Level:
+        self._levels_made += 1
+        level = Level(options.priority, options.resources, self._levels_made)
+        self.levels[options.priority, options.resources] = level
+        self.order.append(level)
+        self.order.sort(key=_level_order)
+        return level
+
+    def _unqueued(self, task: Task) -> None:
+        """A queued task left the queue other than by ``Level.pop``."""
+        options = task.options
+        level = self.levels[options.priority, options.resources]
+        level.count -= 1
+        if not level.count:
+            self._drop_level(level)
+
+    def _drop_level(self, level: Level) -> None:
+        """An empty level goes, with the cancelled tasks still in its deques."""
+        del self.levels[level.priority, level.needs]
+        self.order.remove(level)
+
+    def _next_for(self, worker: Worker) -> tuple[Level, Task] | tuple[None, None]:
+        """The level a worker takes its next task from, and that task."""
+        for level in self.order:
+            if level.needs and not worker.fits(level.needs):
+                continue
+            task = level.head(self.clients)
+            if task is not None:
+                return level, task
+        return None, None
 
     # -- peers -------------------------------------------------------------
 
@@ -170,13 +374,17 @@ class BrokerState:
         return client
 
     def add_worker(self, worker_id: bytes, credit: int, now: float, *, pid: int = 0,
-                   host: str = "", threads: int = 0) -> tuple[Worker, Expired]:
+                   host: str = "", threads: int = 0,
+                   resources: dict | None = None) -> tuple[Worker, Expired]:
         """Register a worker; a worker id seen again replaces the old one."""
         expired = Expired()
+        resources = resources or {}
         if worker_id in self.workers:
             self._remove_worker(worker_id, expired)
         worker = self.workers[worker_id] = Worker(worker_id, credit, now, pid, host,
                                                   threads or credit)
+        worker.resources, worker.free = dict(resources), dict(resources)
+        self._satisfiable.clear()
         if credit:
             self.ready[worker_id] = None
             self._steal_due = True
@@ -210,13 +418,17 @@ class BrokerState:
             return 0
         if client.waiting:
             self.queued_count -= len(client.waiting)
-            self.queue = deque(t for t in self.queue if t.client_id != client_id)
+            for level in list(self.order):
+                level.drop_client(client_id)
+            for task in client.waiting.values():
+                self._unqueued(task)
         # Its running tasks are forgotten too: their results are dropped, and a
         # client that comes back under the same id starts afresh.
         for key in [k for k in self.in_flight if k[0] == client_id]:
             worker = self.workers[self.in_flight.pop(key)]
-            worker.in_flight.pop(key)
-            worker.orphans.add(key)
+            task = worker.in_flight.pop(key)
+            self._unheld(task)
+            worker.orphans[key] = task.options.resources
         for worker in self.workers.values():
             if client_id in worker.inits_sent:
                 worker.inits_sent.discard(client_id)
@@ -241,6 +453,7 @@ class BrokerState:
         worker = self.workers.pop(worker_id)
         self.ready.pop(worker_id, None)
         self.holders.pop(worker_id, None)
+        self._satisfiable.clear()
         expired.workers.append(worker_id)
         # Requeue at the front, keeping their original order. A worker runs its
         # tasks in the order given, so only those it said it started, and the
@@ -253,6 +466,7 @@ class BrokerState:
         for index in range(len(tasks) - 1, -1, -1):
             task = tasks[index]
             del self.in_flight[task.key]
+            self._unheld(task)
             may_have_run = worker.isolating or index < worker.threads or task.started
             task.started = False
             client = self.clients.get(task.client_id)
@@ -266,23 +480,37 @@ class BrokerState:
                 if len(task.lost_on) >= self.max_retries:
                     expired.poisoned.append(task)
                     continue
-            self.queue.appendleft(task)
-            client.waiting[task.task_id] = task
-            self.queued_count += 1
+            self._queue(task, front=True)
             expired.requeued += 1
 
     # -- tasks -------------------------------------------------------------
 
-    def submit(self, client_id: bytes, task_id: int, frames: list, now: float = 0.0) -> bool:
+    def submit(self, client_id: bytes, task_id: int, frames: list, now: float = 0.0,
+               options: TaskOptions = DEFAULT_OPTIONS) -> bool:
         """Queue a task; False if the id is already known (a replay), which is dropped."""
         client = self.clients[client_id]
         if task_id in client.waiting or (client_id, task_id) in self.in_flight:
             return False
-        task = Task(client_id, task_id, frames, time=now)
-        self.queue.append(task)
-        client.waiting[task_id] = task
-        self.queued_count += 1
+        if options.default:
+            task = Task(client_id, task_id, frames, time=now)
+        else:
+            task = OptionedTask(client_id, task_id, frames, time=now, options=options)
+        if options.priority or self._held_priorities:  # never for a default-only load
+            lowest = self._lowest_held()
+            if lowest is not None and options.priority > lowest:
+                self._preempt_due = True
+        self._queue(task)
         return True
+
+    def _lowest_held(self) -> int | None:
+        """The lowest priority of the tasks on workers (None: there are none)."""
+        held = self._held_priorities
+        if not held:
+            return 0 if self.in_flight else None
+        lowest = min(held)
+        if lowest > 0 and len(self.in_flight) > sum(held.values()):
+            return 0  # default tasks are on workers too
+        return lowest
 
     def cancel(self, client_id: bytes, task_ids: list) -> list:
         """Drop those tasks that no worker has been given; returns their ids."""
@@ -294,8 +522,7 @@ class BrokerState:
                 task.frames = []  # it stays in the deque until popped; its payload need not
                 cancelled.append(task_id)
                 self.queued_count -= 1
-        if not self.queued_count:
-            self.queue.clear()
+                self._unqueued(task)
         return cancelled
 
     def add_credit(self, worker_id: bytes, credit: int) -> None:
@@ -319,6 +546,7 @@ class BrokerState:
         worker.draining = True
         worker.credit = 0
         self.ready.pop(worker_id, None)
+        self._satisfiable.clear()
 
     def assign(self) -> list[Assignment]:
         """Hand queued tasks to workers with credit, spreading them evenly.
@@ -354,19 +582,25 @@ class BrokerState:
 
     def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
         taken = 0
-        while taken < count and self.queue and not worker.isolating:
-            task = self.queue[0]
-            client = self.clients.get(task.client_id)
-            if client is None or client.waiting.get(task.task_id) is not task:
-                self.queue.popleft()
-                continue  # cancelled or its client is gone
+        while taken < count and self.queued_count and not worker.isolating:
+            level, task = self._next_for(worker)
+            if task is None:
+                break  # nothing it can run
             if task.suspect:
                 if worker.in_flight:
-                    break  # it must run alone, and FIFO order holds behind it
+                    break  # it must run alone, and order holds behind it
                 worker.isolating = True
-            self.queue.popleft()
+            level.pop()
+            if not level.count:
+                self._drop_level(level)
+            client = self.clients[task.client_id]
             del client.waiting[task.task_id]
             self.queued_count -= 1
+            options = task.options
+            if options is not DEFAULT_OPTIONS:
+                worker.take(options.resources)
+                if options.priority:
+                    self._held_priorities[options.priority] += 1
             key = task.key
             self.in_flight[key] = worker.worker_id
             worker.in_flight[key] = task
@@ -446,10 +680,12 @@ class BrokerState:
         for key in keys:
             key = tuple(key)
             if self.in_flight.get(key) != worker_id:
-                worker.orphans.discard(key)  # it will not run it now
+                if key in worker.orphans:  # it will not run it now
+                    worker.give(worker.orphans.pop(key))
                 continue
             del self.in_flight[key]
             task = worker.in_flight.pop(key)
+            self._unheld(task, worker)
             worker.isolating = False
             self._steal_due = True
             client = self.clients.get(task.client_id)
@@ -459,9 +695,7 @@ class BrokerState:
             taken.append(task)
         if requeue:
             for task in reversed(taken):
-                self.queue.appendleft(task)
-                self.clients[task.client_id].waiting[task.task_id] = task
-                self.queued_count += 1
+                self._queue(task, front=True)
         return [task.key for task in taken]
 
     def finish_orphan(self, worker_id: bytes, key: TaskKey) -> bool:
@@ -470,7 +704,7 @@ class BrokerState:
         worker = self.workers[worker_id]
         if key not in worker.orphans:
             return False
-        worker.orphans.discard(key)
+        worker.give(worker.orphans.pop(key))
         self._steal_due = True
         return True
 
@@ -481,6 +715,7 @@ class BrokerState:
         del self.in_flight[key]
         worker = self.workers[worker_id]
         task = worker.in_flight.pop(key)
+        self._unheld(task, worker)
         worker.isolating = False
         worker.done += 1
         self._steal_due = True  # a thread of its may be free now
@@ -490,3 +725,44 @@ class BrokerState:
         client.in_flight -= 1
         client.done += 1
         return task
+
+    def _unheld(self, task: Task, worker: Worker | None = None) -> None:
+        """A task is no longer on a worker (``worker``: whose resources it frees)."""
+        options = task.options
+        if options is DEFAULT_OPTIONS:
+            return
+        if worker is not None:
+            worker.give(options.resources)
+        if options.priority:
+            held = self._held_priorities
+            held[options.priority] -= 1
+            if not held[options.priority]:
+                del held[options.priority]
+
+    def to_preempt(self) -> list[tuple[bytes, list]]:
+        """Tasks waiting on workers (not started) that a queued task outranks:
+        (worker id, keys) to ask back, so that the higher one runs first there.
+
+        Costs nothing per task: it looks only after a task was queued above
+        the lowest priority on workers. Only workers that could run the
+        highest queued task are asked.
+        """
+        if not self._preempt_due:
+            return []
+        self._preempt_due = False
+        top = self.order[0] if self.order else None
+        if top is None:
+            return []
+        found = []
+        for worker_id, worker in self.workers.items():
+            if worker.draining or (top.needs and not worker.could_fit(top.needs)):
+                continue
+            keys = [key for key, task in worker.in_flight.items()
+                    if not task.started and task.options.priority < top.priority]
+            if keys:
+                found.append((worker_id, keys))
+        return found
+
+
+def _level_order(level: Level) -> tuple:
+    return level.order

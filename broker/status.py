@@ -61,19 +61,32 @@ def render(report: dict) -> str:
         "",
     ]
     workers = [[w["id"], w["host"], w["pid"], w["threads"], w["busy"], w["held"], w["done"],
-                w["failed"],
+                w["failed"], _resources(w.get("free", {}), w.get("resources", {})),
                 f"{w['last_heartbeat']:.1f}s ago" + (" (draining)" if w["draining"] else "")]
                for w in report["workers"]]
     # BUSY: tasks it has started; HELD: those plus tasks waiting on it (prefetched),
-    # and tasks of gone clients that it still runs.
+    # and tasks of gone clients that it still runs. RESOURCES: free/offered.
     lines += _table(["WORKER", "HOST", "PID", "THREADS", "BUSY", "HELD", "DONE", "FAILED",
-                     "LAST HEARTBEAT"], workers, "no workers")
+                     "RESOURCES", "LAST HEARTBEAT"], workers, "no workers")
     lines.append("")
     clients = [[c["id"], c["host"], c["pid"], c["queued"], c["in_flight"], c["done"]]
                for c in report["clients"]]
     lines += _table(["CLIENT", "HOST", "PID", "QUEUED", "IN FLIGHT", "DONE"], clients,
                     "no clients")
+    by_priority = report.get("queued_by_priority", {})
+    if by_priority:
+        lines.append("")
+        lines += _table(["PRIORITY", "QUEUED"], [[p, n] for p, n in by_priority.items()], "")
+    for row in report.get("unsatisfiable", []):
+        needs = ",".join(f"{name}={amount:g}" for name, amount in row["resources"].items())
+        lines.append(f"WAITING FOR A WORKER WITH {needs}: {row['queued']} task(s) "
+                     "(no connected worker has it)")
     return "\n".join(lines)
+
+
+def _resources(free: dict, offered: dict) -> str:
+    return ",".join(f"{name}={free.get(name, 0):g}/{amount:g}"
+                    for name, amount in offered.items()) or "-"
 
 
 def _table(headers: list[str], rows: list[list], empty: str) -> list[str]:

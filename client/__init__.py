@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from zeropool.client.errors import (
-    BrokerUnreachable, ExecutorTerminated, InitializerError, RemoteError, RemoteTraceback, WorkerLostError,
+    BrokerUnreachable, ExecutorTerminated, InitializerError, RemoteError, RemoteTraceback,
+    UnsatisfiableWarning, WorkerLostError,
 )
-from zeropool.client.executor import Executor
+from zeropool.client.executor import Executor, ExecutorView, current_executor
 from zeropool.protocol.security import Security
 
-__all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "InitializerError", "RemoteError",
-           "RemoteTraceback", "Security", "WorkerLostError"]
+__all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "ExecutorView",
+           "InitializerError", "RemoteError", "RemoteTraceback", "Security",
+           "UnsatisfiableWarning", "WorkerLostError", "current_executor"]

@@ -7,6 +7,8 @@
     Exception
      ├── WorkerLostError       a task kept killing its workers, or none was left
      └── RemoteError           a task's exception that could not be pickled (text only)
+    UserWarning
+     └── UnsatisfiableWarning  tasks need resources that no connected worker has
 
 A task's own exception is re-raised as itself, with the worker's traceback as
 its ``__cause__`` (a ``RemoteTraceback``), as with ProcessPoolExecutor.
@@ -17,8 +19,8 @@ from concurrent.futures import BrokenExecutor
 
 from zeropool.protocol.errors import RemoteError, RemoteTraceback
 
-__all__ = ["BrokerUnreachable", "ExecutorTerminated", "InitializerError", "RemoteError", "RemoteTraceback",
-           "WorkerLostError"]
+__all__ = ["BrokerUnreachable", "ExecutorTerminated", "InitializerError", "RemoteError",
+           "RemoteTraceback", "UnsatisfiableWarning", "WorkerLostError"]
 
 
 class InitializerError(BrokenExecutor):
@@ -37,3 +39,8 @@ class ExecutorTerminated(BrokenExecutor):
 class WorkerLostError(Exception):
     """Raised when no worker could finish a task: it was running on too many workers
     that died (a poison task), or no worker was attached while the executor shut down."""
+
+
+class UnsatisfiableWarning(UserWarning):
+    """Warned when tasks need resources that no worker connected to the broker
+    has: they stay queued until such a worker joins."""

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import itertools
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any, Callable, Iterable, Iterator
 from zeropool.client.cluster import LocalCluster
 from zeropool.client.errors import ExecutorTerminated
 from zeropool.client.session import Session, TaskFuture, unsendable
-from zeropool.protocol import defaults
+from zeropool.protocol import TaskOptions, context, defaults
 from zeropool.protocol.payload import dumps, run_chunk
 from zeropool.protocol.security import Security
 
@@ -25,11 +27,66 @@ log = logging.getLogger("zeropool.client")
 
 ENV_ADDRESS = "ZEROPOOL_ADDRESS"
 TASK_OUTPUT = ("plain", "prefix", None)
+DEFAULT_OPTIONS = TaskOptions()
 
-__all__ = ["Executor"]
+__all__ = ["Executor", "ExecutorView", "current_executor"]
+
+_UNSET: Any = object()
 
 
-class Executor(_BaseExecutor):
+class _Submitting(_BaseExecutor):
+    """``map`` and ``map_unordered`` over ``submit``: shared by the executor and its views."""
+
+    _session: Session
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
+            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
+        """Like ``ProcessPoolExecutor.map``: results in order, lazily; with
+        ``chunksize`` > 1 items travel and run in chunks of that size; with
+        ``buffersize``, at most that many calls (or chunks) are submitted ahead
+        of the results taken, so ``iterables`` may be endless (Python 3.14's)."""
+        fs, rest, chunked = _start_map(self, fn, iterables, chunksize, buffersize)
+        end_time = None if timeout is None else timeout + time.monotonic()
+        if rest is None:
+            fs = list(fs)
+        else:
+            fs = collections.deque(fs)
+        return _results(fs, rest, end_time, chunked, self._session)
+
+    def map_unordered(self, fn: Callable, *iterables: Iterable, chunksize: int = 1,
+                      buffersize: int | None = None) -> Iterator:
+        """As ``map``, but each result as soon as it is ready, in the order
+        they complete; a call that raised raises here, when its turn comes
+        (and the calls not yet done are cancelled, as with ``map``)."""
+        done: queue.SimpleQueue = queue.SimpleQueue()
+        fs, rest, chunked = _start_map(self, fn, iterables, chunksize, buffersize, done.put)
+        return _unordered(set(fs), rest, done, chunked, self._session)
+
+    def options(self, *, priority: int = _UNSET, resources: dict | None = _UNSET,
+                timeout: float | None = _UNSET, retries: int | None = _UNSET) -> ExecutorView:
+        """A view of this executor whose tasks have these options; it is an
+        Executor itself (submit, map, map_unordered; its shutdown() leaves
+        this executor running) and shares this executor's connection.
+
+        ``priority`` (an int, default 0): the broker never starts a task
+        while one of higher priority that the same worker could run waits;
+        FIFO among equals, and clients take turns. ``resources`` (a dict of
+        names to amounts, e.g. ``{"gpu": 1}``): the task runs only on a worker
+        that offers them (``worker --resources gpu=2``), while they are free
+        there. Options not given keep this executor's (or view's) own.
+        """
+        base = getattr(self, "_options", DEFAULT_OPTIONS)
+        if timeout is not _UNSET and timeout is not None:
+            raise NotImplementedError("per-task timeouts are not available yet")
+        if retries is not _UNSET and retries is not None:
+            raise NotImplementedError("per-task retries are not available yet")
+        options = TaskOptions.make(
+            base.priority if priority is _UNSET else priority,
+            dict(base.resources) if resources is _UNSET else resources)
+        return ExecutorView(getattr(self, "_executor", self), options)
+
+
+class Executor(_Submitting):
     """Runs calls on zeropool workers; a drop-in for ``ProcessPoolExecutor``.
 
     With no ``address`` (and no ``$ZEROPOOL_ADDRESS``) it starts an embedded
@@ -76,7 +133,8 @@ class Executor(_BaseExecutor):
                  address: str | None = None,
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
                  security: Security | None = None,
-                 task_output: str | None = "plain") -> None:
+                 task_output: str | None = "plain",
+                 _nested: bool = False) -> None:
         if isinstance(max_workers, str) and address is None:
             address, max_workers = max_workers, None
         if address is None:
@@ -123,7 +181,8 @@ class Executor(_BaseExecutor):
             self._session = Session(address, init_frames=init_frames, max_in_flight=cap,
                                     connect_timeout=connect_timeout, security=security,
                                     task_output=task_output,
-                                    on_close=self._cluster.close if self._cluster else None)
+                                    on_close=self._cluster.close if self._cluster else None,
+                                    nested=_nested)
         except BaseException:
             if self._cluster is not None:
                 self._cluster.close()
@@ -158,49 +217,18 @@ class Executor(_BaseExecutor):
         return max(1, self._session.workers)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        return self._submit(fn, args, kwargs, None)
+
+    submit.__doc__ = _BaseExecutor.submit.__doc__
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict,
+                options: TaskOptions | None) -> Future:
         with self._shutdown_lock:
             if self._session.broken is not None:
                 raise self._session.broken
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")
-            return self._session.submit(fn, args, kwargs)
-
-    submit.__doc__ = _BaseExecutor.submit.__doc__
-
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None,
-            chunksize: int = 1, buffersize: int | None = None) -> Iterator:
-        """Like ``ProcessPoolExecutor.map``: results in order, lazily; with
-        ``chunksize`` > 1 items travel and run in chunks of that size; with
-        ``buffersize``, at most that many calls (or chunks) are submitted ahead
-        of the results taken, so ``iterables`` may be endless (Python 3.14's)."""
-        if buffersize is not None and not isinstance(buffersize, int):
-            raise TypeError("buffersize must be an integer or None")
-        if buffersize is not None and buffersize < 1:
-            raise ValueError("buffersize must be None or > 0")
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        end_time = None if timeout is None else timeout + time.monotonic()
-        chunked = chunksize > 1
-        items: Iterator = zip(*iterables)
-        if chunked:
-            zipped = items
-            items = iter(lambda: tuple(itertools.islice(zipped, chunksize)), ())
-
-            def submit_next(ex: Executor, chunk: tuple) -> Future:
-                return ex.submit(run_chunk, fn, chunk)
-        else:
-            def submit_next(ex: Executor, args: tuple) -> Future:
-                return ex.submit(fn, *args)
-
-        if buffersize is None:
-            fs: Any = [submit_next(self, args) for args in items]
-            rest = None
-        else:
-            fs = collections.deque(submit_next(self, args)
-                                   for args in itertools.islice(items, buffersize))
-            # The results may outlive the executor; it then submits no more.
-            rest = (items, weakref.ref(self), submit_next)
-        return _results(fs, rest, end_time, chunked, self._session)
+            return self._session.submit(fn, args, kwargs, options)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         with self._shutdown_lock:
@@ -241,6 +269,137 @@ class Executor(_BaseExecutor):
         session.close(wait=False)
 
 
+class ExecutorView(_Submitting):
+    """An executor's tasks with options (``Executor.options()``): a
+    ``concurrent.futures.Executor`` sharing that executor's connection. Its
+    ``shutdown()`` refuses further calls through the view and waits for those
+    it submitted; the executor itself goes on."""
+
+    def __init__(self, executor: Executor, options: TaskOptions) -> None:
+        self._executor = executor
+        self._options = options
+        self._sent_options = None if options.default else options
+        self._session = executor._session
+        self._shutdown = False
+        self._futures: weakref.WeakSet = weakref.WeakSet()
+
+    def __repr__(self) -> str:
+        return f"<ExecutorView of {self._executor!r} with {self._options}>"
+
+    @property
+    def address(self) -> str:
+        return self._executor.address
+
+    @property
+    def _max_workers(self) -> int:
+        return self._executor._max_workers
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future = self._executor._submit(fn, args, kwargs, self._sent_options)
+        self._futures.add(future)
+        return future
+
+    submit.__doc__ = _BaseExecutor.submit.__doc__
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse further calls through this view (the executor takes them
+        still); with ``wait``, return once the view's calls are done."""
+        self._shutdown = True
+        pending = [future for future in list(self._futures) if not future.done()]
+        if cancel_futures:
+            self._session.cancel(pending, queued_only=True)
+        if wait and pending:
+            concurrent.futures.wait(pending)
+
+
+_nested_lock = threading.Lock()
+_nested_executors: dict[str, Executor] = {}
+
+
+def current_executor() -> ExecutorView:
+    """Inside a task: an executor on the broker that runs it, with the
+    worker's credentials, whose futures give the task's slot back while it
+    waits on them (so that tasks waiting on tasks they submitted never
+    deadlock the pool). Its ``shutdown()`` leaves it running for other tasks.
+
+    Raises RuntimeError outside a task.
+    """
+    task = context.current()
+    if task is None:
+        raise RuntimeError(
+            "zeropool.current_executor() is for code that runs as a task on a zeropool "
+            "worker, and this thread runs none; elsewhere, create an Executor (or pass the "
+            "one you have to the code that needs it)")
+    with _nested_lock:
+        executor = _nested_executors.get(task.address)
+        if executor is None or executor._session.broken is not None:
+            executor = _nested_executors[task.address] = Executor(
+                task.address, security=task.security, _nested=True)
+    return executor.options()
+
+
+def _start_map(executor: _Submitting, fn: Callable, iterables: tuple, chunksize: int,
+               buffersize: int | None, on_done: Callable | None = None) -> tuple:
+    """map()'s first calls: (futures, what submits the rest or None, chunked)."""
+    if buffersize is not None and not isinstance(buffersize, int):
+        raise TypeError("buffersize must be an integer or None")
+    if buffersize is not None and buffersize < 1:
+        raise ValueError("buffersize must be None or > 0")
+    if chunksize < 1:
+        raise ValueError("chunksize must be >= 1.")
+    chunked = chunksize > 1
+    items: Iterator = zip(*iterables)
+    if chunked:
+        zipped = items
+        items = iter(lambda: tuple(itertools.islice(zipped, chunksize)), ())
+
+    def submit_next(ex: _Submitting, args: tuple) -> Future:
+        future = ex.submit(run_chunk, fn, args) if chunked else ex.submit(fn, *args)
+        if on_done is not None:
+            future.add_done_callback(on_done)
+        return future
+
+    if buffersize is None:
+        return [submit_next(executor, args) for args in items], None, chunked
+    fs = [submit_next(executor, args) for args in itertools.islice(items, buffersize)]
+    # The results may outlive the executor; it then submits no more.
+    return fs, (items, weakref.ref(executor), submit_next), chunked
+
+
+def _submit_more(rest: tuple) -> Future | None:
+    """With buffersize: one call more, if the executor and the items last."""
+    items, executor, submit_next = rest
+    if (ex := executor()) is not None and (args := next(items, None)) is not None:
+        return submit_next(ex, args)
+    return None
+
+
+def _unordered(pending: set, rest: tuple | None, done: queue.SimpleQueue, chunked: bool,
+               session: Session) -> Iterator:
+    """map_unordered()'s results, as their calls complete."""
+    try:
+        while pending:
+            context.wait_begins()  # inside a task, its slot is free while it waits
+            try:
+                future = done.get()
+            finally:
+                context.wait_ends()
+            pending.discard(future)
+            if rest is not None and (more := _submit_more(rest)) is not None:
+                pending.add(more)
+            value = future.result()
+            del future
+            if chunked:
+                yield from value
+            else:
+                yield value
+            del value
+    finally:
+        session.cancel([f for f in pending if isinstance(f, TaskFuture)])
+
+
 def _results(fs: Any, rest: tuple | None, end_time: float | None, chunked: bool,
              session: Session) -> Iterator:
     """map()'s results in order: a generator of its own, so that map() submits
@@ -248,11 +407,9 @@ def _results(fs: Any, rest: tuple | None, end_time: float | None, chunked: bool,
     try:
         fs.reverse()  # the oldest last, to pop
         while fs:
-            if rest is not None:  # buffersize: one more in for each one out
-                items, executor, submit_next = rest
-                if (ex := executor()) is not None and (args := next(items, None)) is not None:
-                    fs.appendleft(submit_next(ex, args))
-                del ex
+            if rest is not None and (more := _submit_more(rest)) is not None:
+                fs.appendleft(more)  # buffersize: one more in for each one out
+                del more
             timeout = None if end_time is None else end_time - time.monotonic()
             if chunked:
                 chunk = _take(fs, timeout)

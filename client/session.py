@@ -28,6 +28,7 @@ import socket as socketlib
 import sys
 import threading
 import time
+import warnings
 import weakref
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from concurrent.futures._base import PENDING as _PENDING
@@ -35,13 +36,15 @@ from typing import Any, Callable, Iterable
 
 import zmq
 
-from zeropool.client.errors import BrokerUnreachable, InitializerError, WorkerLostError
+from zeropool.client.errors import (
+    BrokerUnreachable, InitializerError, UnsatisfiableWarning, WorkerLostError,
+)
 from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
-    ProtocolError, Role, Status, Submit, decode, encode, header_budget, pack_payload,
+    ProtocolError, Role, Status, Submit, TaskOptions, decode, encode, header_budget, pack_payload,
     unpack_payloads,
 )
-from zeropool.protocol import defaults
+from zeropool.protocol import context, defaults
 from zeropool.protocol.payload import (
     dumps, dumps_call, loads_call, loads_result, send_module_by_value,
 )
@@ -118,11 +121,67 @@ class TaskFuture(Future):
         self.sent = False
         self.resent_by_value = False
 
+    # Its TaskOptions, set only when not the default.
+    options: TaskOptions | None = None
+
     def cancel(self) -> bool:
         if self.running() or self.done():
             return super().cancel()
         self._session.cancel([self])
         return self.cancelled()
+
+    def row(self) -> tuple[list, list]:
+        """Its SUBMIT row and payload frames."""
+        nframes, inline, frames = pack_payload(self.frames)
+        if self.options is None:
+            return [self.task_id, nframes, inline], frames
+        return [self.task_id, nframes, inline, self.options], frames
+
+
+class _NestedWaiters(list):
+    """A nested future's waiters (``Future._waiters``): ``concurrent.futures.wait``
+    and ``as_completed`` add theirs before they block and remove them after,
+    which tells the task running on this thread to give its slot back
+    meanwhile. The slot is taken back at the task's next submit or result(),
+    not here: this runs under the future's lock, where blocking is unsafe."""
+
+    __slots__ = ()
+
+    def append(self, waiter: Any) -> None:
+        context.wait_begins()
+        super().append(waiter)
+
+    def remove(self, waiter: Any) -> None:
+        super().remove(waiter)
+        context.wait_ends(rejoin=False)
+
+
+class NestedFuture(TaskFuture):
+    """The future of a task submitted from inside a task (``current_executor()``):
+    while the submitting task waits on it, that task's worker slot is free for
+    other tasks, so that tasks waiting on tasks never deadlock a bounded pool."""
+
+    def __init__(self, session: Session, task_id: int, frames: Any) -> None:
+        super().__init__(session, task_id, frames)
+        self._waiters = _NestedWaiters()
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self.done():
+            return super().result(timeout)
+        context.wait_begins()
+        try:
+            return super().result(timeout)
+        finally:
+            context.wait_ends()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self.done():
+            return super().exception(timeout)
+        context.wait_begins()
+        try:
+            return super().exception(timeout)
+        finally:
+            context.wait_ends()
 
 
 class _CancelRequest:
@@ -143,8 +202,12 @@ class Session:
                  connect_timeout: float = defaults.CONNECT_TIMEOUT,
                  security: Security | None = None,
                  task_output: str | None = "plain",
-                 on_close: Callable[[], None] | None = None) -> None:
+                 on_close: Callable[[], None] | None = None,
+                 nested: bool = False) -> None:
         self.address = address
+        # Inside a task (current_executor()): futures that free the task's slot while waited on.
+        self.nested = nested
+        self._future_class = NestedFuture if nested else TaskFuture
         self._security = security
         self._task_output = task_output
         # (task, stream) -> (the start of a line it is still printing, its worker): held
@@ -203,7 +266,11 @@ class Session:
 
     # -- called from user threads -------------------------------------------
 
-    def submit(self, fn: Callable, args: tuple, kwargs: dict) -> TaskFuture:
+    def submit(self, fn: Callable, args: tuple, kwargs: dict,
+               options: TaskOptions | None = None) -> TaskFuture:
+        """Send a call; ``options``: its TaskOptions, if not the default."""
+        if self.nested:
+            context.settle()  # a task that waited without its slot takes it back first
         try:
             frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
         except Exception as exc:
@@ -213,7 +280,9 @@ class Session:
                                 for key, value in kwargs.items()]) from exc
         self._check_size(frames)
         task_id = next(self._task_ids)
-        future = TaskFuture(self, task_id, _stored(frames))
+        future = self._future_class(self, task_id, _stored(frames))
+        if options:
+            future.options = options
         with self._lock:
             alone = not self._pending
             self._pending[task_id] = future
@@ -243,10 +312,10 @@ class Session:
                 return False
             task.sent = True
         self._open += 1
-        nframes, inline, frames = pack_payload(task.frames)
+        row, frames = task.row()
         sent = False
         try:
-            sent = self._send(Submit([[task.task_id, nframes, inline]]), frames)
+            sent = self._send(Submit([row]), frames)
         except BaseException:
             # Perhaps half a message went: start over on a new connection,
             # which resubmits what is pending (the broker drops duplicates).
@@ -512,10 +581,10 @@ class Session:
                     if task is None or task.sent:
                         continue  # cancelled or failed meanwhile
                     task.sent = True
-                    nframes, inline, frames = pack_payload(task.frames)
-                    rows.append([task.task_id, nframes, inline])
+                    row, frames = task.row()
+                    rows.append(row)
                     payload.extend(frames)
-                    size += len(inline) + 16
+                    size += len(row[2]) + 16
             if rows:
                 self._open += len(rows)
                 self._send(Submit(rows), payload)
@@ -672,6 +741,10 @@ class Session:
         return True
 
     def _on_error(self, error: Error) -> None:
+        if error.code == "unsatisfiable":
+            log.warning("%s", error.message)
+            warnings.warn(UnsatisfiableWarning(error.message), stacklevel=1)
+            return
         if error.code == "unknown_peer":
             log.warning("the broker at %s no longer knows this client; reconnecting and "
                         "resubmitting", self.address)
@@ -828,4 +901,6 @@ _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 def _finish_at_exit() -> None:
     """Let pending work finish at interpreter exit, as the stdlib pools do."""
     for session in list(_live_sessions):
-        session.close(wait=True)
+        # A worker's own executor (current_executor()) does not hold its exit:
+        # the tasks that waited on its futures are gone.
+        session.close(wait=not session.nested)

@@ -27,10 +27,12 @@ from zeropool.protocol.messages import (
     StatsReply,
     Status,
     Submit,
+    TaskOptions,
     Welcome,
     Withdraw,
     Withdrawn,
     WorkerResults,
+    check_resources,
 )
 
 __all__ = [
@@ -52,10 +54,12 @@ __all__ = [
     "StatsReply",
     "Status",
     "Submit",
+    "TaskOptions",
     "Welcome",
     "Withdraw",
     "Withdrawn",
     "WorkerResults",
+    "check_resources",
     "decode",
     "encode",
     "header_budget",

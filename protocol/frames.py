@@ -12,8 +12,8 @@ import msgpack
 from zeropool.protocol.defaults import INLINE_MAX
 from zeropool.protocol.messages import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
-    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, Welcome, Withdraw, Withdrawn,
-    WorkerResults, short_repr,
+    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, TaskOptions, Welcome, Withdraw,
+    Withdrawn, WorkerResults, short_repr,
 )
 
 # Headers are ids and counts; 16 MiB holds batches of ~500k entries.
@@ -30,7 +30,16 @@ _KINDS: dict[Op, type[Message]] = {
     Op.WITHDRAWN: Withdrawn,
 }
 _OPS = {op.value: op for op in Op}
-_packer = msgpack.Packer(use_bin_type=True)
+
+
+def _wire(value: object) -> object:
+    """What msgpack cannot pack itself: TaskOptions travel as their map."""
+    if isinstance(value, TaskOptions):
+        return value.wire()
+    raise TypeError(f"cannot send {type(value).__name__} in a header")
+
+
+_packer = msgpack.Packer(use_bin_type=True, default=_wire)
 
 
 def encode(message: Message, payload: Sequence = ()) -> list:
@@ -94,8 +103,8 @@ def pack_payload(frames: bytes | list) -> tuple[int, bytes, list]:
 
 
 def unpack_payloads(rows: Sequence, count_at: int, payload: Sequence) -> list[list]:
-    """Each row's payload: its inline bytes (the row's last item) if its frame
-    count (at ``count_at``) is 0, else its next frames from ``payload``."""
+    """Each row's payload: its inline bytes (the item after the count) if its
+    frame count (at ``count_at``) is 0, else its next frames from ``payload``."""
     groups, start = [], 0
     for row in rows:
         count = row[count_at]
@@ -103,7 +112,7 @@ def unpack_payloads(rows: Sequence, count_at: int, payload: Sequence) -> list[li
             groups.append(payload[start:start + count])
             start += count
         else:
-            groups.append([row[-1]])
+            groups.append([row[count_at + 1]])
     if start != len(payload):
         raise ProtocolError(f"header announces {start} payload frames, got {len(payload)}")
     return groups

@@ -25,7 +25,7 @@ __all__ = [
     "Op", "Role", "Status", "ProtocolError", "Message",
     "Hello", "Welcome", "Refused", "Submit", "Cancel", "CancelReply",
     "Dispatch", "WorkerResults", "ClientResults", "Heartbeat", "Drain", "Bye", "Error",
-    "Stats", "StatsReply", "Withdraw", "Withdrawn",
+    "Stats", "StatsReply", "Withdraw", "Withdrawn", "TaskOptions", "check_resources",
 ]
 
 # Ids and counts are unsigned 64-bit on the wire.
@@ -130,12 +130,95 @@ def _check_peer_id(value: Any) -> bytes:
     return value
 
 
-def _rows(header: dict, key: str, width: int) -> list:
+def _rows(header: dict, key: str, width: int, most: int | None = None) -> list:
+    """Rows of ``width`` items, or up to ``most`` where optional ones may follow."""
     rows = _get(header, key, list)
+    most = most or width
     for row in rows:
-        if type(row) is not list or len(row) != width:
-            raise ProtocolError(f"{key!r} entries must be lists of {width}")
+        if type(row) is not list or not width <= len(row) <= most:
+            size = width if most == width else f"{width} to {most}"
+            raise ProtocolError(f"{key!r} entries must be lists of {size}")
     return rows
+
+
+# Priorities are signed 32-bit: room for any scheme, and small on the wire.
+MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
+MAX_RESOURCE_NAME = 64
+MAX_RESOURCES = 64
+
+
+def check_resources(value: Any, what: str) -> dict[str, float]:
+    """``value`` as resource amounts (names to non-negative finite numbers);
+    TypeError or ValueError naming ``what`` and the culprit otherwise."""
+    if not isinstance(value, dict):
+        raise TypeError(f"{what} must be a dict of names to amounts, e.g. {{'gpu': 1}}, "
+                        f"not {type(value).__name__}")
+    if len(value) > MAX_RESOURCES:
+        raise ValueError(f"{what}: at most {MAX_RESOURCES} names, not {len(value)}")
+    amounts = {}
+    for name, amount in value.items():
+        if type(name) is not str or not 0 < len(name) <= MAX_RESOURCE_NAME:
+            raise TypeError(f"{what}: a resource name must be a non-empty string of at most "
+                            f"{MAX_RESOURCE_NAME} characters, not {short_repr(name)}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+            raise TypeError(f"{what}: the amount of {name!r} must be a number, not "
+                            f"{type(amount).__name__}")
+        if not 0 <= amount < float("inf"):
+            raise ValueError(f"{what}: the amount of {name!r} must be a finite number >= 0, "
+                             f"not {amount!r}")
+        amounts[name] = amount
+    return amounts
+
+
+@dataclass(frozen=True, slots=True)
+class TaskOptions:
+    """How the broker schedules a task: higher ``priority`` first; only on a
+    worker that has ``resources`` free (sorted ``(name, amount)`` pairs, so
+    that equal needs are equal keys). The default travels as nothing at all."""
+
+    priority: int = 0
+    resources: tuple = ()
+
+    @classmethod
+    def make(cls, priority: Any = 0, resources: Any = None) -> TaskOptions:
+        """Checked options; TypeError or ValueError saying what is wrong."""
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValueError(f"priority must be between {MIN_PRIORITY} and {MAX_PRIORITY}, "
+                             f"not {priority}")
+        needs = () if resources is None else tuple(sorted(
+            (name, amount) for name, amount in check_resources(resources, "resources").items()
+            if amount))
+        return cls(priority, needs)
+
+    @property
+    def default(self) -> bool:
+        return not self.priority and not self.resources
+
+    def wire(self) -> dict:
+        """The options as a task row carries them: only what is not default."""
+        value = {}
+        if self.priority:
+            value["priority"] = self.priority
+        if self.resources:
+            value["resources"] = dict(self.resources)
+        return value
+
+    @classmethod
+    def from_wire(cls, value: Any) -> TaskOptions:
+        if type(value) is not dict or not set(value) <= {"priority", "resources"}:
+            raise ProtocolError(f"bad task options: {short_repr(value)}")
+        try:
+            return cls.make(value.get("priority", 0), value.get("resources"))
+        except (TypeError, ValueError) as exc:
+            raise ProtocolError(f"bad task options: {exc}") from None
+
+
+def _task_options(row: list, index: int) -> None:
+    """Rows may carry TaskOptions (a map on the wire) at ``index``: parsed in place."""
+    if len(row) > index:
+        row[index] = TaskOptions.from_wire(row[index])
 
 
 class Message:
@@ -157,8 +240,9 @@ class Hello(Message):
     """First message of every peer: who it is and which protocol it speaks.
 
     A worker offers ``credit`` task slots and says how many ``threads`` run
-    them. A client with an initializer sends it pickled as ``init_frames``
-    payload frames; the broker keeps them opaque.
+    them, and the ``resources`` each of its processes has (names to amounts,
+    shared by its threads). A client with an initializer sends it pickled as
+    ``init_frames`` payload frames; the broker keeps them opaque.
     """
 
     op: ClassVar[Op] = Op.HELLO
@@ -169,11 +253,15 @@ class Hello(Message):
     pid: int = 0
     host: str = ""
     threads: int = 0
+    resources: dict = field(default_factory=dict)
 
     def header(self) -> dict:
-        return {"op": self.op.value, "role": self.role.value, "version": self.version,
-                "credit": self.credit, "init_frames": self.init_frames,
-                "pid": self.pid, "host": self.host, "threads": self.threads}
+        header = {"op": self.op.value, "role": self.role.value, "version": self.version,
+                  "credit": self.credit, "init_frames": self.init_frames,
+                  "pid": self.pid, "host": self.host, "threads": self.threads}
+        if self.resources:
+            header["resources"] = self.resources
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> Hello:
@@ -189,9 +277,15 @@ class Hello(Message):
         if role_name not in _ROLE_NAMES:
             raise ProtocolError(f"unknown role {short_repr(role_name)}")
         role = Role(role_name)
+        resources = {}
+        if "resources" in header:
+            try:
+                resources = check_resources(header["resources"], "resources")
+            except (TypeError, ValueError) as exc:
+                raise ProtocolError(str(exc)) from None
         return cls(role, version, _uint(header, "credit", 1 << 20),
                    _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
-                   _text(header, "host"), _uint(header, "threads", 1 << 20))
+                   _text(header, "host"), _uint(header, "threads", 1 << 20), resources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +332,9 @@ class Refused(Message):
 
 @dataclass(frozen=True, slots=True)
 class Submit(Message):
-    """A batch of calls: ``tasks`` rows are ``[task_id, nframes, inline]``.
+    """A batch of calls: ``tasks`` rows are ``[task_id, nframes, inline]``,
+    with a fourth item, the task's ``TaskOptions`` (a map on the wire), when
+    they are not the default.
 
     Every row that carries a payload does so either inline (``nframes`` 0, the
     pickled bytes in ``inline``) or as its next ``nframes`` payload frames
@@ -253,10 +349,11 @@ class Submit(Message):
 
     @classmethod
     def parse(cls, header: dict) -> Submit:
-        rows = _rows(header, "tasks", 3)
-        for task_id, nframes, inline in rows:
-            _check_uint(task_id, "task id")
-            _check_payload(nframes, inline)
+        rows = _rows(header, "tasks", 3, 4)
+        for row in rows:
+            _check_uint(row[0], "task id")
+            _check_payload(row[1], row[2])
+            _task_options(row, 3)
         return cls(rows)
 
 
@@ -311,7 +408,9 @@ class CancelReply(Message):
 
 @dataclass(frozen=True, slots=True)
 class Dispatch(Message):
-    """Tasks for a worker: ``tasks`` rows are ``[client_id, task_id, nframes, inline]``.
+    """Tasks for a worker: ``tasks`` rows are ``[client_id, task_id, nframes, inline]``,
+    with a fifth item, the task's options, when they are not the default
+    (a worker runs what waits there highest priority first).
 
     ``inits`` rows ``[client_id, nframes]`` carry the initializers of clients
     whose tasks this worker has not seen before; their frames come first.
@@ -326,11 +425,12 @@ class Dispatch(Message):
 
     @classmethod
     def parse(cls, header: dict) -> Dispatch:
-        tasks = _rows(header, "tasks", 4)
-        for client_id, task_id, nframes, inline in tasks:
-            _check_peer_id(client_id)
-            _check_uint(task_id, "task id")
-            _check_payload(nframes, inline)
+        tasks = _rows(header, "tasks", 4, 5)
+        for row in tasks:
+            _check_peer_id(row[0])
+            _check_uint(row[1], "task id")
+            _check_payload(row[2], row[3])
+            _task_options(row, 4)
         inits = _rows(header, "inits", 2)
         for client_id, nframes in inits:
             _check_peer_id(client_id)

@@ -291,3 +291,75 @@ def hold_memory(megabytes):
 def pids_of_runs(directory):
     """The pids that record_run's files name, one per run."""
     return [int(name.split("-")[1]) for name in os.listdir(directory)]
+
+
+def record_start(log, label, seconds=0.0):
+    """Append ``label`` to ``log`` as the task starts, then take ``seconds``."""
+    with open(log, "a") as f:
+        f.write(f"{label}\n")
+    if seconds:
+        time.sleep(seconds)  # stands for work
+    return label
+
+
+def wait_for_file_then(path, value):
+    wait_for_file(path)
+    return value
+
+
+def touch_then(path, value):
+    touch(path)
+    return value
+
+
+def cuda_devices_when_all_present(directory, count):
+    pid_when_all_present(directory, count)
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def fib(n):
+    """Fibonacci by nested submission: each call waits on the two it submits."""
+    if n < 2:
+        return n
+    from zeropool import current_executor
+    ex = current_executor()
+    a, b = ex.submit(fib, n - 1), ex.submit(fib, n - 2)
+    return a.result() + b.result()
+
+
+def fib_by_wait(n):
+    """As ``fib``, waiting with concurrent.futures.wait and as_completed."""
+    import concurrent.futures
+    if n < 2:
+        return n
+    from zeropool import current_executor
+    ex = current_executor()
+    fs = [ex.submit(fib_by_wait, n - 1), ex.submit(fib_by_wait, n - 2)]
+    if n % 2:
+        concurrent.futures.wait(fs)
+        return sum(f.result() for f in fs)
+    return sum(f.result() for f in concurrent.futures.as_completed(fs))
+
+
+def sum_of_squares_nested(n):
+    """Waits on tasks it submits through map_unordered."""
+    from zeropool import current_executor
+    return sum(current_executor().map_unordered(square, range(n)))
+
+
+def current_executor_here():
+    from zeropool import current_executor
+    try:
+        current_executor()
+    except RuntimeError as exc:
+        return str(exc)
+    return "no error"
+
+
+def wait_for_file_then_or_touch(path, which):
+    """Call 0 waits for ``path``; call 1 makes it."""
+    if which == 0:
+        wait_for_file(path)
+    else:
+        touch(path)
+    return which

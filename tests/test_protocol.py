@@ -27,7 +27,7 @@ from zeropool.protocol.frames import MAX_HEADER_SIZE
 from zeropool.protocol.messages import MAX_PEER_ID, MAX_TEXT
 from zeropool.protocol import (
     Bye, Cancel, CancelReply, ClientResults, Dispatch, Error, Heartbeat, Hello,
-    ProtocolError, Refused, Role, Status, Submit, Welcome, WorkerResults,
+    ProtocolError, Refused, Role, Status, Submit, TaskOptions, Welcome, WorkerResults,
 )
 
 U64_MAX = (1 << 64) - 1
@@ -49,6 +49,12 @@ ROUND_TRIPS = [
     pytest.param(Refused("wrong version", 7), [], None, id="refused"),
     pytest.param(Submit([[0, 1, b""], [U64_MAX, 2, b""], [5, 0, b"inline"]]), [b"a", b"b", b"c"], None,
                  id="submit"),
+    pytest.param(Submit([[1, 0, b"x", TaskOptions.make(-3)], [2, 1, b"", TaskOptions.make(
+        7, {"gpu": 1, "mem": 2.5e9})]]), [b"a"], None, id="submit-with-options"),
+    pytest.param(Hello(Role.WORKER, PROTOCOL_VERSION, credit=1, threads=1,
+                       resources={"gpu": 2, "mem": 6.4e10}), [], None, id="hello-with-resources"),
+    pytest.param(Dispatch([[PEER, 1, 0, b"call", TaskOptions.make(5)], [PEER, 2, 0, b"call"]]),
+                 [], None, id="dispatch-with-options"),
     pytest.param(Cancel(3, [1, 2, U64_MAX]), [], None, id="cancel"),
     pytest.param(Cancel(3, [1], queued_only=True), [], None, id="cancel-queued-only"),
     pytest.param(CancelReply(3, [2]), [], None, id="cancel-reply"),
@@ -781,3 +787,21 @@ def test_short_repr_bounds_depth_and_length():
     assert len(short_repr(b"x" * 10**6)) < 100
     assert short_repr(7) == "7"
     assert short_repr(b"ab") == "b'ab'"
+
+
+@pytest.mark.parametrize("options", [
+    "high", [1], {"priority": "1"}, {"priority": True}, {"priority": 1 << 40},
+    {"resources": {"gpu": -1}}, {"resources": {"gpu": "1"}}, {"resources": [1]},
+    {"resources": {"": 1}}, {"nice": 1},
+], ids=repr)
+def test_bad_task_options_are_protocol_errors(options):
+    for header in ({"op": "submit", "tasks": [[1, 0, b"x", options]]},
+                   {"op": "dispatch", "tasks": [[b"c", 1, 0, b"x", options]], "inits": []}):
+        with pytest.raises(ProtocolError, match="task options"):
+            protocol.decode([pack(header)])
+
+
+def test_bad_worker_resources_are_a_protocol_error():
+    header = {**Hello(Role.WORKER, PROTOCOL_VERSION).header(), "resources": {"gpu": -1}}
+    with pytest.raises(ProtocolError, match="gpu"):
+        protocol.decode([pack(header)])

@@ -33,7 +33,7 @@ def keys(assignment: Assignment) -> list:
 
 def queue_order(state: BrokerState) -> list:
     """The tasks still queued, front first."""
-    return [t for t in state.queue if state.queued.get(t.key) is t]
+    return state.queued_in_order()
 
 
 def by_worker(assignments: list[Assignment]) -> dict:
@@ -613,10 +613,10 @@ def test_cancelled_tasks_release_their_payload_at_once():
     state.add_client(b"c", [], 0.0)
     for task_id in range(3):
         state.submit(b"c", task_id, [b"x" * 1000])
-    held = list(state.queue)
+    held = state.queued_in_order()
     assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
     assert all(task.frames == [] for task in held)
-    assert not state.queue  # nothing left queued: the deque is emptied too
+    assert not state.levels  # nothing left queued: the level and its deques go too
 
 
 # -- prefetched tasks ---------------------------------------------------------------

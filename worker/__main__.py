@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from zeropool.protocol import defaults
+from zeropool.protocol import check_resources, defaults
 from zeropool.protocol.security import add_key_options, security_from_options
 from zeropool.worker.memory import parse_size
 
@@ -41,6 +41,34 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _resources(text: str) -> dict[str, float]:
+    """``gpu=1,mem=64e9`` -> {"gpu": 1, "mem": 64e9}."""
+    amounts: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=AMOUNT, e.g. gpu=1, not {item!r}")
+        try:
+            amount = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"the amount of {name.strip()!r} must be a number, not {value!r}") from None
+        amounts[name.strip()] = int(amount) if amount.is_integer() else amount
+    try:
+        return check_resources(amounts, "--resources")
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _devices(text: str) -> list[str]:
+    devices = [part.strip() for part in text.split(",") if part.strip()]
+    if not devices:
+        raise argparse.ArgumentTypeError("give device ids, e.g. --gpus 0,1")
+    if len(set(devices)) != len(devices):
+        raise argparse.ArgumentTypeError(f"a device is listed twice: {text!r}")
+    return devices
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="worker", description="A zeropool worker: connects to a broker and runs the "
@@ -67,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
                    "(e.g. 300MB, 2GiB, or bytes) finishes its running tasks and is replaced "
                    "by a fresh one; implies a supervisor (default: $ZEROPOOL_MAX_MEMORY, "
                    "else no limit)")
+    p.add_argument("--resources", type=_resources, metavar="NAME=AMOUNT,...",
+                   default=os.environ.get("ZEROPOOL_RESOURCES") or {},
+                   help="what each worker process offers to tasks that ask for resources "
+                   "(ex.options(resources={...})), shared by its threads, e.g. "
+                   "gpu=1,mem=64e9; any names, numeric amounts (default: "
+                   "$ZEROPOOL_RESOURCES, else none: only tasks without needs run here)")
+    p.add_argument("--gpus", type=_devices, metavar="ID,...",
+                   default=os.environ.get("ZEROPOOL_GPUS") or None,
+                   help="GPU device ids to share out between the worker processes: each gets "
+                   "its own (CUDA_VISIBLE_DEVICES) and offers gpu=<how many it got>; "
+                   "--processes defaults to one per device and must divide their number "
+                   "(default: $ZEROPOOL_GPUS, else none)")
     p.add_argument("--heartbeat-interval", type=float, default=defaults.HEARTBEAT_INTERVAL,
                    metavar="SECONDS",
                    help=f"seconds between heartbeats (default: {defaults.HEARTBEAT_INTERVAL})")
@@ -93,6 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:
         p.error("give the broker's address, e.g. worker tcp://127.0.0.1:5555")
     security = security_from_options(p, args)
+    if args.gpus is not None:
+        if args.processes is None:
+            args.processes = len(args.gpus)
+        if len(args.gpus) % args.processes:
+            p.error(f"--gpus lists {len(args.gpus)} devices, which {args.processes} worker "
+                    "processes cannot share evenly; list a multiple of --processes")
+        if "gpu" in args.resources:
+            p.error("give either --gpus or gpu= in --resources, not both")
     logging.basicConfig(level=args.log_level,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # Tasks' prints reach the terminal (or the embedding client's) line by
@@ -104,11 +152,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from zeropool.worker.agent import Agent, Exit
 
-    def run_agent(supervisor_fd: int | None = None) -> int:
+    def run_agent(supervisor_fd: int | None = None, slot: int = 0) -> int:
         watch = tuple(fd for fd in (args.watch_fd, supervisor_fd) if fd is not None)
+        resources = dict(args.resources)
+        if args.gpus is not None:  # this process's share of the devices
+            share = len(args.gpus) // args.processes
+            devices = args.gpus[slot * share:(slot + 1) * share]
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
+            resources["gpu"] = len(devices)
         agent = Agent(args.address, args.threads, heartbeat_interval=args.heartbeat_interval,
                       liveness=args.liveness, watch_fds=watch, security=security,
-                      max_tasks=args.max_tasks_per_child, max_memory=args.max_memory)
+                      max_tasks=args.max_tasks_per_child, max_memory=args.max_memory,
+                      resources=resources)
 
         def on_signal(signum: int, frame: object) -> None:
             if agent.draining:

@@ -125,8 +125,10 @@ class Agent:
                  watch_fds: tuple[int, ...] = (),
                  security: Security | None = None,
                  max_tasks: int | None = None,
-                 max_memory: int | None = None) -> None:
+                 max_memory: int | None = None,
+                 resources: dict | None = None) -> None:
         self.address = address
+        self.resources = dict(resources or {})
         self.security = security
         self.threads = threads
         self.heartbeat_interval = heartbeat_interval
@@ -153,7 +155,8 @@ class Agent:
         # The loop's, except while it sleeps: then a thread that finished the
         # last task here sends its result itself, saving a thread hand-off.
         self._turn = SocketTurn(self._waker)
-        self._runner = Runner(threads, self._waker.wake, self._task_finished)
+        self._runner = Runner(threads, self._waker.wake, self._task_finished, address=address,
+                              security=security)
         # Whether the task thread watches the socket (see "Lending" above);
         # its own waker tells it to stop.
         self._lent = False
@@ -332,7 +335,7 @@ class Agent:
         # Offer the slots that are free now; running tasks return theirs as they finish.
         self._outstanding = 0
         self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=self._grant(), pid=os.getpid(),
-                         host=self._host, threads=self.threads))
+                         host=self._host, threads=self.threads, resources=self.resources))
         if self._draining:  # a new broker must hear it too
             self._drain_confirmed = False
             self._send(Drain())
@@ -418,15 +421,17 @@ class Agent:
             self._runner.submit(*self._lone)
             self._lone = None
         lone = self._reading_lent and len(dispatch.tasks) == 1 and not self._running
-        for (client_id, task_id, _, _), frames in zip(dispatch.tasks, groups):
-            key = (client_id, task_id)
+        for row, frames in zip(dispatch.tasks, groups):
+            key = (row[0], row[1])
             self._running.add(key)
             self._unreported.add(key)
             self._taken += 1
             if lone:
                 self._lone = (key, frames)
-            else:
+            elif len(row) == 4:
                 self._runner.submit(key, frames)
+            else:
+                self._runner.submit(key, frames, row[4].priority)
         self._outstanding = max(0, self._outstanding - len(dispatch.tasks))
 
     def on_withdraw(self, request: Withdraw) -> None:
@@ -454,7 +459,9 @@ class Agent:
         and what the broker may still send."""
         if self._draining:
             return 0
-        grant = max(0, self.threads + self._prefetch() - len(self._running) - self._outstanding)
+        # Tasks waiting on their own futures gave their slots back (see Runner).
+        slots = self.threads + len(self._runner.seceded)
+        grant = max(0, slots + self._prefetch() - len(self._running) - self._outstanding)
         if self.max_tasks is not None:  # never more than this process has left to run
             grant = min(grant, max(0, self.max_tasks - self._taken - self._outstanding))
         self._outstanding += grant
@@ -603,6 +610,8 @@ class Agent:
                 event = events.popleft()
                 if event[0] == "started":
                     started[event[1]] = None
+                elif event[0] == "seceded":
+                    pass  # its slot is offered with the credit below
                 elif event[0] == "output":
                     _, key, stream, text = event
                     size += text_size(text)

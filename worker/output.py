@@ -65,3 +65,8 @@ def capture(sink: Callable[[tuple, int, str], None]) -> None:
         stream = getattr(sys, name)
         real = stream._real if isinstance(stream, _Router) else stream
         setattr(sys, name, _Router(stream_no, real, sink))
+
+
+def current() -> tuple | None:
+    """The key of the task the calling thread runs (None: no task)."""
+    return getattr(_current, "key", None)

@@ -10,9 +10,9 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 
-from zeropool.protocol import Status
+from zeropool.protocol import Status, context
 from zeropool.protocol.payload import dumps_exception, dumps_result, loads, loads_call
 from zeropool.worker import output
 
@@ -24,18 +24,27 @@ _STOP = object()  # Runner._next: the threads are told to stop
 
 
 class Runner:
-    """A fixed set of threads taking ``(key, frames)`` from a queue.
+    """Threads taking ``(key, frames)`` from a queue, ``threads`` tasks at once.
 
     Each thread reports ``("started", key)``, ``("output", key, stream,
     text)`` for what the task prints, and ``("done", key, status, frames,
     seconds)`` on ``events``, and calls ``notify`` after output and
     ``finished`` (from the thread that ran the task) after a result, so the
     I/O loop wakes or the result is sent at once.
-    Tasks not yet started can be withdrawn (``withdraw``).
+    Tasks not yet started can be withdrawn (``withdraw``). Waiting tasks
+    start highest priority first.
+
+    Nested tasks: a task that waits on futures of tasks it submitted gives
+    its slot back (``seceded`` counts them, and ``("seceded", key)`` on
+    ``events`` tells the I/O loop to offer the slot to the broker); another
+    thread starts if none is free to take its place. Before it goes on, it
+    waits for a slot, ahead of tasks that have not started.
     """
 
     def __init__(self, threads: int, notify: Callable[[], None],
-                 finished: Callable[[], None] | None = None) -> None:
+                 finished: Callable[[], None] | None = None, *,
+                 address: str = "", security: Any = None) -> None:
+        self.threads = threads
         self.events: collections.deque = collections.deque()
         self._notify = notify
         self._finished = finished or notify
@@ -48,15 +57,23 @@ class Runner:
         # Guards the moment a task starts against its withdrawal.
         self._start_lock = threading.Lock()
         self.running: dict[tuple, float] = {}  # key -> monotonic start time
-        self.waiting: set[tuple] = set()  # submitted, not started
+        # Submitted, not started, in queue order: key -> (frames, priority).
+        self.waiting: dict[tuple, tuple] = {}
+        self._prioritized = 0  # of those, how many have a priority other than 0
         # Queue entries to skip, counted: a task given back, sent here again and
         # given back again has two stale entries.
         self._withdrawn: collections.Counter = collections.Counter()
+        # Nested tasks (see above): those waiting on their own futures, without a slot.
+        self.seceded: set[tuple] = set()
+        self._rejoining = 0  # tasks waiting to take a slot again
+        self._slot_free = threading.Condition(self._start_lock)
+        self._nested = False  # a task has seceded: threads may have to wait for a slot
+        self._idle = 0  # threads waiting for a task
+        self._context = context.TaskContext(address, security, self._secede, self._rejoin)
         output.capture(self._on_output)
-        self._threads = [threading.Thread(target=self._loop, name=f"zeropool-task-{i}",
-                                          daemon=True) for i in range(threads)]
-        for thread in self._threads:
-            thread.start()
+        self._threads = []
+        for _ in range(threads):
+            self._add_thread()
 
     def add_initializer(self, client_id: bytes, frames: list) -> None:
         self._init_frames[client_id] = frames
@@ -68,53 +85,96 @@ class Runner:
             self._init_frames.pop(client_id, None)
             self._init_results.pop(client_id, None)
 
-    def submit(self, key: tuple, frames: list) -> None:
+    def _add_thread(self) -> None:
+        thread = threading.Thread(target=self._loop, name=f"zeropool-task-{len(self._threads)}",
+                                  daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def submit(self, key: tuple, frames: list, priority: int = 0) -> None:
         with self._start_lock:
-            self.waiting.add(key)
+            if priority or self._prioritized:
+                self._submit_by_priority(key, frames, priority)
+                return
+            self.waiting[key] = (frames, 0)
         self._tasks.put((key, frames))
+
+    def _submit_by_priority(self, key: tuple, frames: list, priority: int) -> None:
+        """Queue a task ahead of those waiting with a lower priority: they are
+        taken out of the queue (their entries skipped) and queued again behind
+        it, in their order. Holds the start lock."""
+        behind = [(other, entry) for other, entry in self.waiting.items() if entry[1] < priority]
+        for other, _ in behind:
+            del self.waiting[other]
+            self._withdrawn[other] += 1
+        for other, entry in [(key, (frames, priority)), *behind]:
+            self.waiting[other] = entry
+            self._tasks.put((other, entry[0]))
+        if priority:
+            self._prioritized += 1
+
+    def _unwait(self, key: tuple) -> None:
+        """Holds the start lock."""
+        if self.waiting.pop(key)[1]:
+            self._prioritized -= 1
 
     def stop(self) -> None:
         for _ in self._threads:
             self._tasks.put(None)
 
     def join(self, timeout: float | None = None) -> None:
-        for thread in self._threads:
+        for thread in list(self._threads):
             thread.join(timeout)
 
     def _loop(self) -> None:
+        context.enter(self._context)
         task = self._next(block=True)
         while task is not _STOP:
             self._execute(*task)
             # The next task, if one waits, starts before this result is told:
             # a result sent at once then says so too, and the I/O loop need
-            # not wake to report that start on its own.
-            task = self._next(block=False)
+            # not wake to report that start on its own. (Not once tasks nest:
+            # this thread might wait for a slot first, holding the result back.)
+            task = None if self._nested else self._next(block=False)
             try:
                 self._finished()
             except Exception:  # this thread must live on: the loop sends it instead
                 log.exception("sending a result from its thread failed")
                 self._notify()
             if task is None:
+                if self._nested and self._retire():
+                    return
                 task = self._next(block=True)
 
     def _next(self, block: bool):
         """The next task as (key, frames, start), marked started; None if none
         waits (not blocking), _STOP when told to stop."""
         while True:
+            if block:
+                with self._start_lock:
+                    self._idle += 1
             try:
                 item = self._tasks.get(block)
             except queue.Empty:
                 return None
+            finally:
+                if block:
+                    with self._start_lock:
+                        self._idle -= 1
             if item is None:
                 return _STOP
             key, frames = item
             with self._start_lock:
+                if self._nested:
+                    # Tasks taking a slot back go first; then one slot per task.
+                    while self._rejoining or len(self.running) - len(self.seceded) >= self.threads:
+                        self._slot_free.wait()
                 if self._withdrawn[key]:
                     self._withdrawn[key] -= 1
                     if not self._withdrawn[key]:
                         del self._withdrawn[key]
                     continue
-                self.waiting.discard(key)
+                self._unwait(key)
                 start = self.running[key] = time.monotonic()
             # No wake for this: the I/O loop reports starts on its own
             # schedule (worker.agent.START_REPORT_AFTER), or with a result.
@@ -135,13 +195,60 @@ class Runner:
             status, out = self.run(key[0], frames)
         finally:
             output.running(None)
+            context.task_ended()
         with self._start_lock:
             del self.running[key]
+            self.seceded.discard(key)  # it ended without taking its slot back
+            if self._nested:
+                self._slot_free.notify_all()
         self.events.append(("done", key, status, out, time.monotonic() - start))
 
     def started_times(self) -> list[float]:
+        """When the tasks that hold a slot started."""
         with self._start_lock:
-            return list(self.running.values())
+            return [start for key, start in self.running.items() if key not in self.seceded]
+
+    def _running_key(self) -> tuple | None:
+        """The key of the task this thread runs (output capture knows it)."""
+        return output.current()
+
+    def _secede(self) -> None:
+        """From a task's thread: it waits on its own futures; free its slot."""
+        key = self._running_key()
+        with self._start_lock:
+            if key not in self.running or key in self.seceded:
+                return
+            self.seceded.add(key)
+            self._nested = True
+            self._slot_free.notify_all()
+            if not self._idle:  # nobody to take a task in its place
+                self._add_thread()
+        self.events.append(("seceded", key))
+        self._notify()
+
+    def _rejoin(self) -> None:
+        """From a task's thread: take a slot again before going on."""
+        key = self._running_key()
+        with self._start_lock:
+            if key not in self.seceded:
+                return
+            self._rejoining += 1
+            try:
+                while len(self.running) - len(self.seceded) >= self.threads:
+                    self._slot_free.wait()
+            finally:
+                self._rejoining -= 1
+                self._slot_free.notify_all()
+            self.seceded.discard(key)
+
+    def _retire(self) -> bool:
+        """After a task: whether this thread is one too many now that the
+        tasks it stood in for are back (then it ends)."""
+        with self._start_lock:
+            if len(self._threads) <= self.threads + len(self.seceded):
+                return False
+            self._threads.remove(threading.current_thread())
+            return True
 
     def withdraw(self, keys) -> list:
         """Of ``keys`` (tasks submitted here), take back those not started."""
@@ -149,7 +256,7 @@ class Runner:
         with self._start_lock:
             for key in keys:
                 if key in self.waiting:
-                    self.waiting.discard(key)
+                    self._unwait(key)
                     self._withdrawn[key] += 1
                     taken.append(key)
         return taken

@@ -27,15 +27,18 @@ STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
 REFUSED = 4  # a child's exit code when the broker refused it (worker.agent.Exit.REFUSED)
 
 
-def _child(target: Callable[[int], int], watch_read: int, watch_write: int) -> None:
+def _child(target: Callable[[int, int], int], slot: int, watch_read: int,
+           watch_write: int) -> None:
     os.setpgid(0, 0)
     os.close(watch_write)  # only the supervisor holds it: EOF here means it is gone
-    os._exit(target(watch_read))
+    os._exit(target(watch_read, slot))
 
 
-def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None = None,
+def supervise(processes: int, target: Callable[[int, int], int], watch_fd: int | None = None,
               recycled: Mapping[int, str] = {}) -> int:
-    """Run ``target(fd)`` in ``processes`` children until signalled; returns an exit code.
+    """Run ``target(fd, slot)`` in ``processes`` children until signalled; returns an
+    exit code. ``slot`` (0 to ``processes`` - 1) is the child's place: its
+    replacement gets the same one (and so the same devices, with --gpus).
 
     ``fd`` becomes readable when the supervisor dies, even by SIGKILL, so the
     children (in process groups of their own) never outlive it. A child that
@@ -55,7 +58,7 @@ def supervise(processes: int, target: Callable[[int], int], watch_fd: int | None
     delay = 0.0
 
     def start(slot: int) -> None:
-        process = context.Process(target=_child, args=(target, watch_read, watch_write),
+        process = context.Process(target=_child, args=(target, slot, watch_read, watch_write),
                                   name=f"zeropool-worker-{slot}")
         # The child starts with these blocked and unblocks them once its own
         # handlers are in place, so a signal forwarded early is not lost.

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "InitializerError",
-           "RemoteError", "RemoteTraceback", "Security", "WorkerLostError"]
+__all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "ExecutorView",
+           "InitializerError", "RemoteError", "RemoteTraceback", "Security",
+           "UnsatisfiableWarning", "WorkerLostError", "current_executor"]
 
 if TYPE_CHECKING:
     from zeropool.client import (
-        BrokerUnreachable, Executor, ExecutorTerminated, InitializerError, RemoteError,
-        RemoteTraceback, Security, WorkerLostError,
+        BrokerUnreachable, Executor, ExecutorTerminated, ExecutorView, InitializerError,
+        RemoteError, RemoteTraceback, Security, UnsatisfiableWarning, WorkerLostError,
+        current_executor,
     )
 
 

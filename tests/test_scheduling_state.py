@@ -1,0 +1,209 @@
+"""The broker's scheduling, driven directly: strict priority, resources
+per worker, clients taking turns, and asking back what a higher task outranks."""
+from __future__ import annotations
+
+import pytest
+
+from zeropool.broker.state import BrokerState
+from zeropool.protocol import TaskOptions
+
+C1, C2, C3 = b"client-1", b"client-2", b"client-3"
+W1, W2 = b"worker-1", b"worker-2"
+
+
+def make_state(*clients: bytes) -> BrokerState:
+    state = BrokerState(peer_timeout=10.0, max_retries=3)
+    for client_id in clients or (C1,):
+        state.add_client(client_id, [], now=0.0)
+    return state
+
+
+def options(priority: int = 0, **resources: float) -> TaskOptions:
+    return TaskOptions.make(priority, resources or None)
+
+
+def dispatched(state: BrokerState) -> dict[bytes, list]:
+    return {a.worker_id: [t.key for t in a.tasks] for a in state.assign()}
+
+
+def test_higher_priority_goes_first_and_fifo_holds_among_equals():
+    state = make_state()
+    for task_id, priority in [(1, 0), (2, 5), (3, 0), (4, 5), (5, -1), (6, 9)]:
+        state.submit(C1, task_id, b"x", options=options(priority))
+    state.add_worker(W1, 10, 0.0)
+    assert dispatched(state) == {W1: [(C1, 6), (C1, 2), (C1, 4), (C1, 1), (C1, 3), (C1, 5)]}
+
+
+def test_clients_take_turns_at_equal_priority():
+    state = make_state(C1, C2, C3)
+    for task_id in range(1, 7):
+        state.submit(C1, task_id, b"x")
+    state.submit(C2, 1, b"x")
+    state.submit(C2, 2, b"x")
+    state.submit(C3, 1, b"x")
+    state.add_worker(W1, 6, 0.0)
+    assert dispatched(state) == {W1: [(C1, 1), (C2, 1), (C3, 1), (C1, 2), (C2, 2), (C1, 3)]}
+
+
+def test_a_late_client_waits_for_one_turn_not_for_the_backlog():
+    state = make_state(C1, C2)
+    for task_id in range(3000):
+        state.submit(C1, task_id, b"x")
+    state.add_worker(W1, 2, 0.0)
+    assert dispatched(state) == {W1: [(C1, 0), (C1, 1)]}
+    for task_id in range(10):
+        state.submit(C2, task_id, b"x")
+    sent = []
+    for _ in range(10):
+        state.add_credit(W1, 2)
+        sent += dispatched(state)[W1]
+    assert [key for key in sent if key[0] == C2] == [(C2, t) for t in range(10)]
+    assert len(sent) == 20  # one of each client's in turn
+
+
+def test_priority_outranks_turns():
+    state = make_state(C1, C2)
+    state.submit(C1, 1, b"x")
+    state.submit(C2, 1, b"x", options=options(1))
+    state.submit(C1, 2, b"x", options=options(1))
+    state.add_worker(W1, 3, 0.0)
+    assert dispatched(state) == {W1: [(C2, 1), (C1, 2), (C1, 1)]}
+
+
+def test_a_task_needing_resources_goes_only_to_a_worker_that_has_them_free():
+    state = make_state()
+    state.submit(C1, 1, b"x", options=options(gpu=1))
+    state.submit(C1, 2, b"x", options=options(gpu=1))
+    state.submit(C1, 3, b"x")
+    state.add_worker(W1, 4, 0.0)  # no gpu
+    state.add_worker(W2, 4, 0.0, resources={"gpu": 1})
+    sent = dispatched(state)
+    assert sent[W2] == [(C1, 1)]  # one gpu: the second waits for it
+    assert sent[W1] == [(C1, 3)]  # tasks without needs run anywhere
+    assert list(state.queued) == [(C1, 2)]
+    assert state.workers[W2].free == {"gpu": 0}
+    state.finish(W2, (C1, 1))
+    assert dispatched(state) == {W2: [(C1, 2)]}
+
+
+def test_resources_are_freed_however_a_task_leaves_its_worker():
+    state = make_state()
+    for task_id in range(3):
+        state.submit(C1, task_id, b"x", options=options(mem=10))
+    state.add_worker(W1, 3, 0.0, resources={"mem": 30})
+    assert dispatched(state) == {W1: [(C1, 0), (C1, 1), (C1, 2)]}
+    assert state.workers[W1].free == {"mem": 0}
+    state.finish(W1, (C1, 0))
+    state.withdraw(W1, [(C1, 1)], requeue=True)
+    assert state.workers[W1].free == {"mem": 20}
+    state.remove_client(C1)  # its last task keeps its share until it ends
+    assert state.workers[W1].free == {"mem": 20}
+    assert state.finish_orphan(W1, (C1, 2))
+    assert state.workers[W1].free == {"mem": 30}
+
+
+def test_priority_holds_among_the_tasks_a_worker_can_run():
+    state = make_state()
+    state.submit(C1, 1, b"x", options=options(9, gpu=1))
+    state.submit(C1, 2, b"x", options=options(5))
+    state.submit(C1, 3, b"x", options=options(0, gpu=1))
+    state.add_worker(W1, 3, 0.0)  # no gpu: the top task is not for it
+    assert dispatched(state) == {W1: [(C1, 2)]}
+    state.add_worker(W2, 3, 0.0, resources={"gpu": 2})
+    assert dispatched(state) == {W2: [(C1, 1), (C1, 3)]}
+
+
+def test_at_equal_priority_a_worker_with_resources_does_the_work_that_needs_them_first():
+    state = make_state()
+    for task_id in range(5):
+        state.submit(C1, task_id, b"x")
+    state.submit(C1, 9, b"x", options=options(gpu=1))
+    state.add_worker(W1, 1, 0.0, resources={"gpu": 1})
+    assert dispatched(state) == {W1: [(C1, 9)]}
+
+
+def test_unsatisfiable_needs_are_known_until_a_worker_with_them_joins():
+    state = make_state()
+    needs = options(tpu=1).resources
+    state.submit(C1, 1, b"x", options=options(tpu=1))
+    state.add_worker(W1, 1, 0.0, resources={"gpu": 4})
+    assert not state.satisfiable(needs)
+    assert state.unsatisfiable() == [(needs, 1)]
+    assert dispatched(state) == {}  # it stays queued
+    state.add_worker(W2, 1, 0.0, resources={"tpu": 1})
+    assert state.satisfiable(needs)
+    assert state.unsatisfiable() == []
+    assert dispatched(state) == {W2: [(C1, 1)]}
+
+
+def test_a_higher_task_asks_back_lower_ones_waiting_on_workers():
+    state = make_state()
+    for task_id in range(4):
+        state.submit(C1, task_id, b"x")
+    state.add_worker(W1, 2, 0.0, threads=1)
+    assert dispatched(state) == {W1: [(C1, 0), (C1, 1)]}
+    state.started(W1, (C1, 0))
+    assert state.to_preempt() == []  # nothing outranks them
+    state.submit(C1, 10, b"x", options=options(5))
+    assert dispatched(state) == {}  # no credit
+    assert state.to_preempt() == [(W1, [(C1, 1)])]  # not the one it started
+    assert state.to_preempt() == []  # asked once
+    state.withdraw(W1, [(C1, 1)], requeue=True)
+    state.add_credit(W1, 1)
+    assert dispatched(state) == {W1: [(C1, 10)]}
+    assert [t.task_id for t in state.queued_in_order()] == [1, 2, 3]
+
+
+def test_a_higher_task_does_not_ask_back_from_workers_that_could_never_run_it():
+    state = make_state()
+    state.submit(C1, 0, b"x")
+    state.add_worker(W1, 1, 0.0)
+    assert dispatched(state) == {W1: [(C1, 0)]}
+    state.submit(C1, 1, b"x", options=options(5, gpu=1))
+    assert state.to_preempt() == []
+
+
+def test_queued_counts_per_priority_follow_cancels_and_dispatches():
+    state = make_state(C1, C2)
+    state.submit(C1, 1, b"x", options=options(3))
+    state.submit(C1, 2, b"x")
+    state.submit(C2, 1, b"x")
+    assert state.queued_by_priority() == {3: 1, 0: 2}
+    state.cancel(C1, [2])
+    assert state.queued_by_priority() == {3: 1, 0: 1}
+    state.remove_client(C2)
+    assert state.queued_by_priority() == {3: 1}
+    state.add_worker(W1, 5, 0.0)
+    state.assign()
+    assert state.queued_by_priority() == {} and state.queued_count == 0
+    assert not state.levels and not state.order
+
+
+def test_a_requeued_task_keeps_its_priority_and_needs():
+    state = make_state()
+    state.submit(C1, 1, b"x", options=options(7, gpu=1))
+    state.add_worker(W1, 1, 0.0, resources={"gpu": 1})
+    state.assign()
+    state.remove_worker(W1, lost=False)
+    [task] = state.queued_in_order()
+    assert task.options == options(7, gpu=1)
+    assert state.queued_by_priority() == {7: 1}
+
+
+@pytest.mark.parametrize("bad, error", [
+    (dict(priority="high"), TypeError),
+    (dict(priority=True), TypeError),
+    (dict(priority=1.5), TypeError),
+    (dict(priority=1 << 40), ValueError),
+    (dict(resources={"gpu": -1}), ValueError),
+    (dict(resources={"gpu": "one"}), TypeError),
+    (dict(resources={"gpu": float("nan")}), ValueError),
+    (dict(resources={"gpu": float("inf")}), ValueError),
+    (dict(resources={"": 1}), TypeError),
+    (dict(resources={1: 1}), TypeError),
+    (dict(resources=["gpu"]), TypeError),
+])
+def test_bad_options_are_refused_with_a_clear_error(bad, error):
+    with pytest.raises(error) as info:
+        TaskOptions.make(**bad)
+    assert "priority" in str(info.value) or "resources" in str(info.value)
