@@ -63,3 +63,15 @@ def blocker(directory: str, timeout: float) -> None:
     release = os.path.join(directory, "release")
     while not os.path.exists(release) and time.monotonic() < deadline:
         time.sleep(0.001)
+
+
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)  # stands for a task of that length
+
+
+def log_start(log: str, label: str, seconds: float) -> str:
+    """Append ``label`` to ``log`` as the task starts, then take ``seconds``."""
+    with open(log, "a") as f:
+        f.write(f"{label}\n")
+    time.sleep(seconds)  # stands for a task of that length
+    return label

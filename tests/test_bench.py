@@ -76,3 +76,15 @@ def test_the_thread_pool_reference_is_measured():
     threads = run.measure_threads(TINY, 1)
     assert set(threads) == {"noop_tasks_per_s", "map_items_per_s", "p50_us", "p99_us"}
     assert all(math.isfinite(v) and v > 0 for v in threads.values())
+
+
+def test_scheduling_bench_measures_every_row(tmp_path, monkeypatch):
+    from bench import scheduling
+    monkeypatch.setattr(scheduling, "QUICK", dict(noop=100, latency=20, backlog=100, repeats=1))
+    output = tmp_path / "scheduling"
+    assert scheduling.main(["--quick", "--output", str(output)]) == 0
+    report = json.loads(output.with_suffix(".json").read_text())["results"]
+    for key, _, _ in scheduling.ROWS:
+        assert isinstance(report[key], (int, float)) and report[key] >= 0, key
+    assert report["low_overtaking_high"] <= 3
+    assert "goal < 1.5" in output.with_suffix(".md").read_text()

@@ -150,7 +150,10 @@ class Runner:
         """The next task as (key, frames, start), marked started; None if none
         waits (not blocking), _STOP when told to stop."""
         while True:
-            if block:
+            # Idle threads are counted once tasks nest (see _secede), not before:
+            # two more lock round trips per task otherwise.
+            counted = block and self._nested
+            if counted:
                 with self._start_lock:
                     self._idle += 1
             try:
@@ -158,7 +161,7 @@ class Runner:
             except queue.Empty:
                 return None
             finally:
-                if block:
+                if counted:
                     with self._start_lock:
                         self._idle -= 1
             if item is None:
@@ -219,10 +222,12 @@ class Runner:
             if key not in self.running or key in self.seceded:
                 return
             self.seceded.add(key)
-            self._nested = True
             self._slot_free.notify_all()
-            if not self._idle:  # nobody to take a task in its place
+            # Nobody to take a task in its place? (Before the first secession
+            # idle threads are not counted: one too many may start, and retires.)
+            if not self._idle or not self._nested:
                 self._add_thread()
+            self._nested = True
         self.events.append(("seceded", key))
         self._notify()
 
