@@ -49,6 +49,7 @@ from zeropool.protocol import (
     unpack_payloads,
 )
 from zeropool.protocol import defaults
+from zeropool.protocol.defaults import python_minor
 from zeropool.protocol.security import key_id
 from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
 
@@ -324,7 +325,8 @@ class Broker:
             if hello.init_frames != len(payload):
                 raise ProtocolError("HELLO announces a different number of initializer frames")
             client = self.state.add_client(peer_id, payload, now)
-            client.pid, client.host = hello.pid, hello.host
+            client.pid, client.host, client.versions = hello.pid, hello.host, hello.versions
+            client.python = python_minor(hello.versions.get("python", ""))
             log.info("client %s joined (host %s, pid %d)", peer_id.hex(), hello.host, hello.pid)
         else:
             if payload:
@@ -332,6 +334,9 @@ class Broker:
             _, expired = self.state.add_worker(peer_id, hello.credit, now, pid=hello.pid,
                                                host=hello.host, threads=hello.threads,
                                                resources=hello.resources)
+            worker = self.state.workers[peer_id]
+            worker.versions = hello.versions
+            worker.python = python_minor(hello.versions.get("python", ""))
             self._report(expired, "rejoined")
             for client in self.state.clients.values():
                 client.warned.clear()  # what no worker had, this one may have
@@ -340,9 +345,9 @@ class Broker:
                      "".join(f", {name}={amount:g}" for name, amount in hello.resources.items()))
         self._send(peer_id, Welcome(PROTOCOL_VERSION, self.heartbeat_interval, self.liveness,
                                     self.max_message_size))
-        # Clients learn the number of workers at once, not at the next
-        # heartbeat: an embedded cluster's client waits for its workers.
-        heartbeat = Heartbeat(len(self.state.workers))
+        # Clients learn the number of workers (and what they run) at once, not
+        # at the next heartbeat: an embedded cluster's client waits for its workers.
+        heartbeat = self._client_heartbeat()
         for client_id in [peer_id] if hello.role is Role.CLIENT else list(self.state.clients):
             self._send(client_id, heartbeat)
 
@@ -369,6 +374,7 @@ class Broker:
             "id": _text(w.worker_id), "host": w.host, "pid": w.pid, "threads": w.threads,
             "busy": sum(t.started for t in w.in_flight.values()), "held": w.occupied,
             "done": w.done, "failed": w.failed, "resources": w.resources, "free": w.free,
+            "versions": w.versions,
             "draining": w.draining, "last_heartbeat": round(now - w.last_seen, 3),
             "key": key_id(self._peer_keys[w.worker_id]) if w.worker_id in self._peer_keys
             else None,
@@ -636,13 +642,15 @@ class Broker:
             for client_id, frames in assignment.inits:
                 payload.extend(frames)
             inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
+            pythons = assignment.pythons
             for task in assignment.tasks:
                 if size >= budget:
-                    self._send(assignment.worker_id, Dispatch(rows, inits), payload)
-                    rows, payload, size, inits = [], [], 0, []
+                    self._send(assignment.worker_id, Dispatch(rows, inits, pythons), payload)
+                    rows, payload, size, inits, pythons = [], [], 0, [], []
                 nframes, inline, frames = pack_payload(task.frames)
-                if task.options.priority:  # the worker runs what waits there by it
-                    rows.append([task.client_id, task.task_id, nframes, inline, task.options])
+                options = task.options
+                if options.priority or options.timeout:  # what the worker needs to know
+                    rows.append([task.client_id, task.task_id, nframes, inline, options])
                 else:
                     rows.append([task.client_id, task.task_id, nframes, inline])
                 payload.extend(frames)
@@ -650,7 +658,7 @@ class Broker:
                 queued = task.dispatch(now)
                 if queued is not None:
                     latency.observe(queued)
-            self._send(assignment.worker_id, Dispatch(rows, inits), payload)
+            self._send(assignment.worker_id, Dispatch(rows, inits, pythons), payload)
         # Tasks waiting on busy workers while others have nothing to do: ask
         # for them back. The reply's id matches no cancel, so they are requeued.
         for worker_id, keys in self.state.to_steal():
@@ -715,8 +723,16 @@ class Broker:
                 worker.forget = []
             else:
                 self._send(worker.worker_id, heartbeat)
+        if self.state.clients:
+            heartbeat = self._client_heartbeat()
         for client_id in list(self.state.clients):
             self._send(client_id, heartbeat)
+
+    def _client_heartbeat(self) -> Heartbeat:
+        """The worker count, and the distinct versions the workers run."""
+        distinct = {tuple(sorted(w.versions.items())) for w in self.state.workers.values()
+                    if w.versions}
+        return Heartbeat(len(self.state.workers), versions=[dict(v) for v in sorted(distinct)])
 
     def _note_silent(self, now: float) -> None:
         """Peers silent for a liveness window whose connections live on: they
@@ -748,11 +764,17 @@ class Broker:
                         ", ".join(w.hex() for w in expired.workers), why, expired.requeued)
         for task in expired.poisoned:
             workers = ", ".join(w.hex() for w in task.lost_on)
-            self._outgoing_for(task.client_id).errors.append([
-                task.task_id, "worker_lost",
-                f"task {task.task_id} was running on {len(task.lost_on)} workers that died "
-                f"({workers}); it probably crashes them (os._exit, a segfault, running out "
-                f"of memory), so it is not retried again"])
+            lost = (f"task {task.task_id} was running on {len(task.lost_on)} worker"
+                    f"{'s' if len(task.lost_on) > 1 else ''} that died ({workers})")
+            retries = task.options.retries
+            if retries is None:
+                why = ("; it probably crashes them (os._exit, a segfault, running out of "
+                       "memory), so it is not retried again")
+            else:
+                why = (f", and may be retried {retries} time{'s' if retries != 1 else ''} "
+                       "(options(retries=...)), so it is not retried again")
+            self._outgoing_for(task.client_id).errors.append([task.task_id, "worker_lost",
+                                                              lost + why])
             log.warning("task %d of client %s failed: lost %d workers", task.task_id,
                         task.client_id.hex(), len(task.lost_on))
 

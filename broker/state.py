@@ -165,6 +165,8 @@ class Worker:
     threads: int = 0
     in_flight: dict = field(default_factory=dict)  # TaskKey -> Task
     inits_sent: set = field(default_factory=set)  # client ids whose initializer it has
+    # Client ids of another Python minor version that it has been told of.
+    pythons_sent: set = field(default_factory=set)
     forget: list = field(default_factory=list)  # of those, clients gone: to tell it
     done: int = 0
     failed: int = 0  # of those done, how many raised
@@ -177,6 +179,8 @@ class Worker:
     orphans: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)  # what each of its processes has
     free: dict = field(default_factory=dict)  # of that, what its tasks leave free
+    versions: dict = field(default_factory=dict)  # Python, zeropool, cloudpickle (HELLO)
+    python: str = ""  # its Python minor version, e.g. "3.12" ("": not said)
 
     @property
     def occupied(self) -> int:
@@ -222,6 +226,8 @@ class Client:
     silent: bool = False  # reported silent (see BrokerState.silent) since it last spoke
     # Resource needs it was told no worker has, while none has (it is told once).
     warned: set = field(default_factory=set)
+    versions: dict = field(default_factory=dict)  # Python, zeropool, cloudpickle (HELLO)
+    python: str = ""  # its Python minor version, e.g. "3.12" ("": not said)
 
     @property
     def queued(self) -> int:
@@ -235,6 +241,8 @@ class Assignment:
     worker_id: bytes
     tasks: list
     inits: list  # [(client_id, frames)]
+    # [[client_id, Python version]] of clients whose Python differs from the worker's
+    pythons: list = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -477,7 +485,8 @@ class BrokerState:
                 task.suspect = True
             if lost and may_have_run:
                 task.lost_on += (worker_id,)
-                if len(task.lost_on) >= self.max_retries:
+                retries = task.options.retries
+                if len(task.lost_on) > (self.max_retries - 1 if retries is None else retries):
                     expired.poisoned.append(task)
                     continue
             self._queue(task, front=True)
@@ -608,6 +617,10 @@ class BrokerState:
             if client.init_frames and task.client_id not in worker.inits_sent:
                 worker.inits_sent.add(task.client_id)
                 assignment.inits.append((task.client_id, client.init_frames))
+            if client.python != worker.python and task.client_id not in worker.pythons_sent:
+                worker.pythons_sent.add(task.client_id)
+                if client.python and worker.python:
+                    assignment.pythons.append([task.client_id, client.versions["python"]])
             assignment.tasks.append(task)
             taken += 1
         worker.credit -= taken

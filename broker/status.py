@@ -62,12 +62,14 @@ def render(report: dict) -> str:
     ]
     workers = [[w["id"], w["host"], w["pid"], w["threads"], w["busy"], w["held"], w["done"],
                 w["failed"], _resources(w.get("free", {}), w.get("resources", {})),
+                _versions(w.get("versions", {})),
                 f"{w['last_heartbeat']:.1f}s ago" + (" (draining)" if w["draining"] else "")]
                for w in report["workers"]]
     # BUSY: tasks it has started; HELD: those plus tasks waiting on it (prefetched),
     # and tasks of gone clients that it still runs. RESOURCES: free/offered.
     lines += _table(["WORKER", "HOST", "PID", "THREADS", "BUSY", "HELD", "DONE", "FAILED",
-                     "RESOURCES", "LAST HEARTBEAT"], workers, "no workers")
+                     "RESOURCES", "PYTHON/ZEROPOOL/CLOUDPICKLE", "LAST HEARTBEAT"], workers,
+                    "no workers")
     lines.append("")
     clients = [[c["id"], c["host"], c["pid"], c["queued"], c["in_flight"], c["done"]]
                for c in report["clients"]]
@@ -87,6 +89,10 @@ def render(report: dict) -> str:
 def _resources(free: dict, offered: dict) -> str:
     return ",".join(f"{name}={free.get(name, 0):g}/{amount:g}"
                     for name, amount in offered.items()) or "-"
+
+
+def _versions(versions: dict) -> str:
+    return "/".join(versions.get(name, "?") for name in ("python", "zeropool", "cloudpickle"))
 
 
 def _table(headers: list[str], rows: list[list], empty: str) -> list[str]:

@@ -3,11 +3,13 @@ from __future__ import annotations
 
 from zeropool.client.errors import (
     BrokerUnreachable, ExecutorTerminated, InitializerError, RemoteError, RemoteTraceback,
-    UnsatisfiableWarning, WorkerLostError,
+    TaskTimeoutError, UnsatisfiableWarning, VersionMismatchError, VersionMismatchWarning,
+    WorkerLostError,
 )
 from zeropool.client.executor import Executor, ExecutorView, current_executor
 from zeropool.protocol.security import Security
 
 __all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "ExecutorView",
            "InitializerError", "RemoteError", "RemoteTraceback", "Security",
-           "UnsatisfiableWarning", "WorkerLostError", "current_executor"]
+           "TaskTimeoutError", "UnsatisfiableWarning", "VersionMismatchError",
+           "VersionMismatchWarning", "WorkerLostError", "current_executor"]

@@ -6,9 +6,12 @@
      └── ExecutorTerminated    terminate_workers() or kill_workers() stopped a running task
     Exception
      ├── WorkerLostError       a task kept killing its workers, or none was left
-     └── RemoteError           a task's exception that could not be pickled (text only)
+     ├── RemoteError           a task's exception that could not be pickled (text only)
+     ├── TaskTimeoutError      a task ran past its options(timeout=...) and was stopped
+     └── VersionMismatchError  a call could not load on a worker of another Python version
     UserWarning
-     └── UnsatisfiableWarning  tasks need resources that no connected worker has
+     ├── UnsatisfiableWarning    tasks need resources that no connected worker has
+     └── VersionMismatchWarning  workers run another Python minor version or cloudpickle
 
 A task's own exception is re-raised as itself, with the worker's traceback as
 its ``__cause__`` (a ``RemoteTraceback``), as with ProcessPoolExecutor.
@@ -17,10 +20,13 @@ from __future__ import annotations
 
 from concurrent.futures import BrokenExecutor
 
-from zeropool.protocol.errors import RemoteError, RemoteTraceback
+from zeropool.protocol.errors import (
+    RemoteError, RemoteTraceback, TaskTimeoutError, VersionMismatchError,
+)
 
 __all__ = ["BrokerUnreachable", "ExecutorTerminated", "InitializerError", "RemoteError",
-           "RemoteTraceback", "UnsatisfiableWarning", "WorkerLostError"]
+           "RemoteTraceback", "TaskTimeoutError", "UnsatisfiableWarning", "VersionMismatchError",
+           "VersionMismatchWarning", "WorkerLostError"]
 
 
 class InitializerError(BrokenExecutor):
@@ -44,3 +50,8 @@ class WorkerLostError(Exception):
 class UnsatisfiableWarning(UserWarning):
     """Warned when tasks need resources that no worker connected to the broker
     has: they stay queued until such a worker joins."""
+
+
+class VersionMismatchWarning(UserWarning):
+    """Warned when workers run another Python minor version or another
+    cloudpickle than this client: calls sent by value may not load there."""

@@ -73,16 +73,19 @@ class _Submitting(_BaseExecutor):
         FIFO among equals, and clients take turns. ``resources`` (a dict of
         names to amounts, e.g. ``{"gpu": 1}``): the task runs only on a worker
         that offers them (``worker --resources gpu=2``), while they are free
-        there. Options not given keep this executor's (or view's) own.
+        there. ``timeout`` (seconds): a task still running after that long
+        is stopped (its worker process is replaced) and its future raises
+        ``TaskTimeoutError``. ``retries`` (an int): how many times a task is
+        run again after its worker died while running it (default: the
+        broker's ``--max-retries``, 2 more runs); 0 never runs it again.
+        Options not given keep this executor's (or view's) own.
         """
         base = getattr(self, "_options", DEFAULT_OPTIONS)
-        if timeout is not _UNSET and timeout is not None:
-            raise NotImplementedError("per-task timeouts are not available yet")
-        if retries is not _UNSET and retries is not None:
-            raise NotImplementedError("per-task retries are not available yet")
         options = TaskOptions.make(
             base.priority if priority is _UNSET else priority,
-            dict(base.resources) if resources is _UNSET else resources)
+            dict(base.resources) if resources is _UNSET else resources,
+            base.timeout if timeout is _UNSET else timeout,
+            base.retries if retries is _UNSET else retries)
         return ExecutorView(getattr(self, "_executor", self), options)
 
 

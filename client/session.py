@@ -37,7 +37,8 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from zeropool.client.errors import (
-    BrokerUnreachable, InitializerError, UnsatisfiableWarning, WorkerLostError,
+    BrokerUnreachable, InitializerError, UnsatisfiableWarning, VersionMismatchWarning,
+    WorkerLostError,
 )
 from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
@@ -45,6 +46,7 @@ from zeropool.protocol import (
     unpack_payloads,
 )
 from zeropool.protocol import context, defaults
+from zeropool.protocol.defaults import python_minor
 from zeropool.protocol.payload import (
     dumps, dumps_call, loads_call, loads_result, send_module_by_value,
 )
@@ -248,6 +250,7 @@ class Session:
         self._broker_seen = 0.0
         self._last_send = 0.0
         self.workers = 0  # attached to the broker, as it last said
+        self._versions_seen: set[tuple] = set()  # the workers' versions, compared already
         self._workers_changed = threading.Condition()
         # Since when the broker has said it has no worker at all (None: it has some).
         self._no_workers_since: float | None = None
@@ -491,7 +494,8 @@ class Session:
         sock.connect(self.address)
         self._broker_seen = time.monotonic()
         self._send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=len(self._init_frames),
-                         pid=os.getpid(), host=self._host), self._init_frames)
+                         pid=os.getpid(), host=self._host, versions=defaults.versions()),
+                   self._init_frames)
 
     def _reconnect(self) -> None:
         log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
@@ -545,6 +549,8 @@ class Session:
                         self._no_workers_since = None
                     elif self._no_workers_since is None:
                         self._no_workers_since = self._broker_seen
+                    if message.versions:
+                        self._compare_versions(message.versions)
                 elif message.op is Op.ERROR:
                     self._on_error(message)
                 elif message.op is Op.BYE:
@@ -676,8 +682,7 @@ class Session:
                 self._open -= 1
                 if self._partial:
                     self._flush_partial(task_id)
-                _finish(task, False, WorkerLostError(text) if code == "worker_lost"
-                        else BrokerUnreachable(text))
+                _finish(task, False, _BROKER_ERRORS.get(code, BrokerUnreachable)(text))
         self._send_unsent()
 
     def _print(self, rows: list) -> None:
@@ -739,6 +744,27 @@ class Session:
             self._pending[task_id] = task
         self._unsent.append(task_id)
         return True
+
+    def _compare_versions(self, workers: list[dict]) -> None:
+        """Warn once for each set of versions that workers run whose Python
+        minor version or cloudpickle differs from this client's."""
+        mine = defaults.versions()
+        for theirs in workers:
+            key = tuple(sorted(theirs.items()))
+            if key in self._versions_seen:
+                continue
+            self._versions_seen.add(key)
+            python, cloudpickle = theirs.get("python", ""), theirs.get("cloudpickle", "")
+            if (python_minor(python) == python_minor(mine["python"])
+                    and cloudpickle == mine["cloudpickle"]):
+                continue
+            text = (f"workers of the broker at {self.address} run Python {python} with "
+                    f"cloudpickle {cloudpickle}, this client Python {mine['python']} with "
+                    f"cloudpickle {mine['cloudpickle']}: functions sent by value (defined in "
+                    "__main__, lambdas, closures) may not load there. Install the same "
+                    "versions on both sides")
+            log.warning("%s", text)
+            warnings.warn(VersionMismatchWarning(text), stacklevel=1)
 
     def _on_error(self, error: Error) -> None:
         if error.code == "unsatisfiable":
@@ -893,6 +919,9 @@ def _cancel(future: TaskFuture) -> None:
     if Future.cancel(future):
         future.set_running_or_notify_cancel()
 
+
+# The errors the broker reports for a task, by code; any other code: BrokerUnreachable.
+_BROKER_ERRORS = {"worker_lost": WorkerLostError}
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 

@@ -1,6 +1,10 @@
 """Numbers that the broker, workers and clients must agree on."""
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import platform
+
 # Bumped on any incompatible change to messages.py, frames.py or payload.py
 # (3: a call may carry its function's pickle as bytes, which older workers
 # would try to call; 4: tasks carry options, priority and resources, that an
@@ -41,3 +45,23 @@ CONNECT_TIMEOUT = 10.0
 # wake-up and the GIL per frame. Up to here a copy is cheaper (pyzmq's own
 # default is 64 KiB, which a header batching a thousand small tasks passes).
 COPY_THRESHOLD = 1 << 20
+
+
+@functools.lru_cache(maxsize=None)
+def versions() -> dict[str, str]:
+    """What this process runs, as peers announce it in HELLO: a function sent
+    by value loads only under the same Python minor version, and best with
+    the same cloudpickle. Read from the installed metadata, so that the
+    broker, which never imports cloudpickle, can say it too."""
+    found = {"python": platform.python_version()}
+    for package in ("zeropool", "cloudpickle"):
+        try:
+            found[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def python_minor(version: str) -> str:
+    """'3.12.1' -> '3.12'."""
+    return ".".join(version.split(".")[:2])

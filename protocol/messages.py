@@ -145,6 +145,8 @@ def _rows(header: dict, key: str, width: int, most: int | None = None) -> list:
 MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
 MAX_RESOURCE_NAME = 64
 MAX_RESOURCES = 64
+MAX_RETRIES = 1000
+MAX_VERSION_SETS = 256
 
 
 def check_resources(value: Any, what: str) -> dict[str, float]:
@@ -172,15 +174,20 @@ def check_resources(value: Any, what: str) -> dict[str, float]:
 
 @dataclass(frozen=True, slots=True)
 class TaskOptions:
-    """How the broker schedules a task: higher ``priority`` first; only on a
-    worker that has ``resources`` free (sorted ``(name, amount)`` pairs, so
-    that equal needs are equal keys). The default travels as nothing at all."""
+    """How a task is run: higher ``priority`` first; only on a worker that has
+    ``resources`` free (sorted ``(name, amount)`` pairs, so that equal needs
+    are equal keys); stopped after ``timeout`` seconds of running; retried
+    ``retries`` times after its worker died (None: the broker's own limit).
+    The default travels as nothing at all."""
 
     priority: int = 0
     resources: tuple = ()
+    timeout: float | None = None
+    retries: int | None = None
 
     @classmethod
-    def make(cls, priority: Any = 0, resources: Any = None) -> TaskOptions:
+    def make(cls, priority: Any = 0, resources: Any = None, timeout: Any = None,
+             retries: Any = None) -> TaskOptions:
         """Checked options; TypeError or ValueError saying what is wrong."""
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise TypeError(f"priority must be an int, not {type(priority).__name__}")
@@ -190,29 +197,51 @@ class TaskOptions:
         needs = () if resources is None else tuple(sorted(
             (name, amount) for name, amount in check_resources(resources, "resources").items()
             if amount))
-        return cls(priority, needs)
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+                raise TypeError(f"timeout must be a number of seconds or None, not "
+                                f"{type(timeout).__name__}")
+            if not 0 < timeout < float("inf"):
+                raise ValueError(f"timeout must be a finite number of seconds > 0, not "
+                                 f"{timeout!r}")
+            timeout = float(timeout)
+        if retries is not None:
+            if isinstance(retries, bool) or not isinstance(retries, int):
+                raise TypeError(f"retries must be an int or None, not {type(retries).__name__}")
+            if not 0 <= retries <= MAX_RETRIES:
+                raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, not {retries}")
+        return cls(priority, needs, timeout, retries)
 
     @property
     def default(self) -> bool:
-        return not self.priority and not self.resources
+        return self == _DEFAULT_OPTIONS
 
     def wire(self) -> dict:
         """The options as a task row carries them: only what is not default."""
-        value = {}
+        value: dict = {}
         if self.priority:
             value["priority"] = self.priority
         if self.resources:
             value["resources"] = dict(self.resources)
+        if self.timeout is not None:
+            value["timeout"] = self.timeout
+        if self.retries is not None:
+            value["retries"] = self.retries
         return value
 
     @classmethod
     def from_wire(cls, value: Any) -> TaskOptions:
-        if type(value) is not dict or not set(value) <= {"priority", "resources"}:
+        if type(value) is not dict or not set(value) <= _OPTION_NAMES:
             raise ProtocolError(f"bad task options: {short_repr(value)}")
         try:
-            return cls.make(value.get("priority", 0), value.get("resources"))
+            return cls.make(value.get("priority", 0), value.get("resources"),
+                            value.get("timeout"), value.get("retries"))
         except (TypeError, ValueError) as exc:
             raise ProtocolError(f"bad task options: {exc}") from None
+
+
+_DEFAULT_OPTIONS = TaskOptions()
+_OPTION_NAMES = frozenset({"priority", "resources", "timeout", "retries"})
 
 
 def _task_options(row: list, index: int) -> None:
@@ -254,6 +283,8 @@ class Hello(Message):
     host: str = ""
     threads: int = 0
     resources: dict = field(default_factory=dict)
+    # What the peer runs: {"python": "3.12.1", "zeropool": ..., "cloudpickle": ...}.
+    versions: dict = field(default_factory=dict)
 
     def header(self) -> dict:
         header = {"op": self.op.value, "role": self.role.value, "version": self.version,
@@ -261,6 +292,8 @@ class Hello(Message):
                   "pid": self.pid, "host": self.host, "threads": self.threads}
         if self.resources:
             header["resources"] = self.resources
+        if self.versions:
+            header["versions"] = self.versions
         return header
 
     @classmethod
@@ -283,9 +316,11 @@ class Hello(Message):
                 resources = check_resources(header["resources"], "resources")
             except (TypeError, ValueError) as exc:
                 raise ProtocolError(str(exc)) from None
+        versions = _versions(header["versions"]) if "versions" in header else {}
         return cls(role, version, _uint(header, "credit", 1 << 20),
                    _uint(header, "init_frames", 1 << 16), _uint(header, "pid"),
-                   _text(header, "host"), _uint(header, "threads", 1 << 20), resources)
+                   _text(header, "host"), _uint(header, "threads", 1 << 20), resources,
+                   versions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -414,14 +449,21 @@ class Dispatch(Message):
 
     ``inits`` rows ``[client_id, nframes]`` carry the initializers of clients
     whose tasks this worker has not seen before; their frames come first.
+    ``pythons`` rows ``[client_id, version]`` name, once, the Python of clients
+    that run another minor version than this worker (code they send by value
+    must not be loaded here).
     """
 
     op: ClassVar[Op] = Op.DISPATCH
     tasks: list
     inits: list = field(default_factory=list)
+    pythons: list = field(default_factory=list)
 
     def header(self) -> dict:
-        return {"op": self.op.value, "tasks": self.tasks, "inits": self.inits}
+        header = {"op": self.op.value, "tasks": self.tasks, "inits": self.inits}
+        if self.pythons:
+            header["pythons"] = self.pythons
+        return header
 
     @classmethod
     def parse(cls, header: dict) -> Dispatch:
@@ -435,7 +477,12 @@ class Dispatch(Message):
         for client_id, nframes in inits:
             _check_peer_id(client_id)
             _check_uint(nframes, "frame count")
-        return cls(tasks, inits)
+        pythons = _rows(header, "pythons", 2) if "pythons" in header else []
+        for client_id, version in pythons:
+            _check_peer_id(client_id)
+            if type(version) is not str or len(version) > 64:
+                raise ProtocolError(f"bad Python version {short_repr(version)}")
+        return cls(tasks, inits, pythons)
 
 
 @dataclass(frozen=True, slots=True)
@@ -534,17 +581,22 @@ class Heartbeat(Message):
     From the broker it says how many workers are attached, so that a client
     shutting down can tell "no worker left" from "workers busy"; to a worker
     it also names the clients gone since the last one (``forget``) whose
-    initializers that worker holds, so that it can drop them.
+    initializers that worker holds, so that it can drop them; to a client,
+    the distinct ``versions`` the workers run (see Hello), so that it can
+    warn of a Python or cloudpickle that differs from its own.
     """
 
     op: ClassVar[Op] = Op.HEARTBEAT
     workers: int = 0
     forget: list = field(default_factory=list)
+    versions: list = field(default_factory=list)
 
     def header(self) -> dict:
         header = {"op": self.op.value, "workers": self.workers}
         if self.forget:
             header["forget"] = self.forget
+        if self.versions:
+            header["versions"] = self.versions
         return header
 
     @classmethod
@@ -552,7 +604,10 @@ class Heartbeat(Message):
         forget = _get(header, "forget", list) if "forget" in header else []
         for client_id in forget:
             _check_peer_id(client_id)
-        return cls(_uint(header, "workers", 1 << 32), forget)
+        versions = _get(header, "versions", list) if "versions" in header else []
+        if len(versions) > MAX_VERSION_SETS:
+            raise ProtocolError(f"more than {MAX_VERSION_SETS} sets of versions")
+        return cls(_uint(header, "workers", 1 << 32), forget, [_versions(v) for v in versions])
 
 
 @dataclass(frozen=True, slots=True)
@@ -669,6 +724,14 @@ def _task_rows(header: dict) -> list:
         _check_peer_id(client_id)
         _check_uint(task_id, "task id")
     return tasks
+
+
+def _versions(value: Any) -> dict:
+    if (type(value) is not dict or len(value) > 16
+            or not all(type(k) is str and type(v) is str and len(k) <= 64 and len(v) <= 64
+                       for k, v in value.items())):
+        raise ProtocolError(f"bad versions: {short_repr(value)}")
+    return value
 
 
 def _check_payload(nframes: Any, inline: Any) -> None:

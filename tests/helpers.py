@@ -363,3 +363,20 @@ def wait_for_file_then_or_touch(path, which):
     else:
         touch(path)
     return which
+
+
+def spin():
+    """Never returns, and keeps the GIL busy: only stopping its process ends it."""
+    while True:
+        pass
+
+
+def touch_then_spin(path):
+    touch(path)
+    spin()
+
+
+def record_then_exit(directory):
+    """Leave a file for this run, then kill the worker process."""
+    touch(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"))
+    os._exit(1)

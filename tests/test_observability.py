@@ -214,3 +214,26 @@ def test_tqdm_shows_progress_over_as_completed(shared_cluster):
                                             total=len(futures), file=bar)]
     assert sorted(results) == [i * i for i in range(50)]
     assert "50/50" in bar.getvalue() and "100%" in bar.getvalue()
+
+
+def test_metrics_show_queued_tasks_per_priority_and_per_client(cluster, tmp_path, gate):
+    address, port, _ = cluster
+    helpers.wait_until(lambda: scrape(port)["zeropool_workers"] == 2, 30,
+                       what="both workers to join")
+    marks = [str(tmp_path / f"started-{i}") for i in range(2)]
+    with zeropool.Executor(address) as ex:
+        blockers = [ex.submit(helpers.touch_then_wait, mark, gate) for mark in marks]
+        helpers.wait_until(lambda: all(os.path.exists(m) for m in marks), 30,
+                           what="both workers to be busy")
+        waiting = [ex.options(priority=4).submit(helpers.square, i) for i in range(3)]
+        waiting += [ex.submit(helpers.square, i) for i in range(2)]
+        helpers.wait_until(lambda: scrape(port)["zeropool_queue_depth"] == 5, 30,
+                           what="five queued")
+        metrics = scrape(port)
+        assert metrics['zeropool_queued_tasks{priority="4"}'] == 3
+        assert metrics['zeropool_queued_tasks{priority="0"}'] == 2
+        [client] = [name for name in metrics if name.startswith("zeropool_client_queued_tasks{")]
+        assert metrics[client] == 5
+        open(gate, "w").close()
+        for future in blockers + waiting:
+            future.result(timeout=30)

@@ -16,7 +16,7 @@ log = logging.getLogger("zeropool.worker")
 RET_OK = 0  # drained and left, or stopped by a signal
 RET_USAGE = 2  # bad command line (argparse's own code)
 # Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone;
-# 6 and 7, recycled, only pass between a worker process and its supervisor).
+# 6, 7 and 8, recycled, only pass between a worker process and its supervisor).
 
 
 def _env_int(name: str, default: int | None) -> int | None:
@@ -177,16 +177,30 @@ def main(argv: list[str] | None = None) -> int:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
         return int(agent.run())
 
-    recycled = {}  # exit codes of a worker process that left to be replaced
+    # Exit codes of a worker process that left to be replaced.
+    recycled = {int(Exit.TIMEOUT): "stopped a task that ran past its timeout"}
     if args.max_tasks_per_child is not None:
         recycled[int(Exit.RECYCLE)] = f"ran {args.max_tasks_per_child} tasks"
     if args.max_memory is not None:
         recycled[int(Exit.RECYCLE_MEMORY)] = f"went over --max-memory {args.max_memory:,} bytes"
-    if args.processes is None and not recycled:
-        return run_agent()
+    if args.processes is None and len(recycled) == 1:
+        code = run_agent()
+        if code == Exit.TIMEOUT:
+            _start_again()  # alone, it replaces itself: the task's thread ends with it
+        return code
     from zeropool.worker.supervisor import supervise
     # Recycling needs a supervisor, even for one process: someone must start the next.
     return supervise(args.processes or 1, run_agent, watch_fd=args.watch_fd, recycled=recycled)
+
+
+def _start_again() -> None:
+    """Replace this process with a fresh run of the same command line (same
+    pid, so whoever started it still watches it)."""
+    log.info("stopped a task that ran past its timeout; starting again")
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 if __name__ == "__main__":

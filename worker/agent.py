@@ -73,6 +73,8 @@ from zeropool.protocol import (
     split_frames, text_size, unpack_payloads,
 )
 from zeropool.protocol import defaults
+from zeropool.protocol.errors import TaskTimeoutError
+from zeropool.protocol.payload import dumps_exception
 from zeropool.protocol.security import HandshakeWatch, Security, close_watched
 from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
 from zeropool.protocol.waker import Waker
@@ -113,6 +115,9 @@ class Exit(enum.IntEnum):
     PARENT_GONE = 5  # the process that started it (embedded cluster) has exited
     RECYCLE = 6  # ran its max_tasks tasks: its supervisor starts a fresh process
     RECYCLE_MEMORY = 7  # grew past max_memory: its supervisor starts a fresh process
+    # A task ran past its timeout: the process is replaced (its supervisor starts
+    # a fresh one; a worker without one starts itself again), which stops it.
+    TIMEOUT = 8
 
 
 class Agent:
@@ -233,6 +238,9 @@ class Agent:
                 timeout = min(timeout, START_REPORT_AFTER)
             if self._lent or (self._runner.waiting and self._short_tasks()):
                 timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
+            if self._runner.deadlines:  # a task's timeout
+                timeout = min(timeout, max(0.0, min(self._runner.deadlines.values())
+                                           - time.monotonic()))
             events = self._turn.poll(lent_poller if self._lent else poller, self._socket,
                                      timeout * 1000)
             if any(fd in events for fd in self.watch_fds):
@@ -271,6 +279,8 @@ class Agent:
                     self._take_back("idle")
             self._waker.clear(self._waker.fd in events)  # before taking the events
             self._send_results()
+            if self._runner.deadlines and (overdue := self._runner.overdue(time.monotonic())):
+                return self._time_out(overdue)
             if self._runner.waiting:
                 self._give_back_waiting()
             self._check_recycle(finished=False)
@@ -335,7 +345,8 @@ class Agent:
         # Offer the slots that are free now; running tasks return theirs as they finish.
         self._outstanding = 0
         self._send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=self._grant(), pid=os.getpid(),
-                         host=self._host, threads=self.threads, resources=self.resources))
+                         host=self._host, threads=self.threads, resources=self.resources,
+                         versions=defaults.versions()))
         if self._draining:  # a new broker must hear it too
             self._drain_confirmed = False
             self._send(Drain())
@@ -416,11 +427,15 @@ class Agent:
                                                        payload[:first])):
             self._runner.add_initializer(client_id, frames)
             self._forgetting.discard(client_id)  # back under the same id: keep this one
+        for client_id, version in dispatch.pythons:
+            self._runner.client_pythons[client_id] = version
         groups = unpack_payloads(dispatch.tasks, 2, payload[first:])
         if self._lone is not None:  # not alone after all: queued first, in order
             self._runner.submit(*self._lone)
             self._lone = None
-        lone = self._reading_lent and len(dispatch.tasks) == 1 and not self._running
+        # (A task with options goes through the runner, which keeps its priority and timeout.)
+        lone = (self._reading_lent and len(dispatch.tasks) == 1 and len(dispatch.tasks[0]) == 4
+                and not self._running)
         for row, frames in zip(dispatch.tasks, groups):
             key = (row[0], row[1])
             self._running.add(key)
@@ -431,7 +446,7 @@ class Agent:
             elif len(row) == 4:
                 self._runner.submit(key, frames)
             else:
-                self._runner.submit(key, frames, row[4].priority)
+                self._runner.submit(key, frames, row[4].priority, row[4].timeout)
         self._outstanding = max(0, self._outstanding - len(dispatch.tasks))
 
     def on_withdraw(self, request: Withdraw) -> None:
@@ -644,6 +659,27 @@ class Agent:
                        payload)
         self._shed_credit()  # tasks may have turned long just now
 
+    def _time_out(self, overdue: list) -> Exit:
+        """Tasks ran past their timeouts: fail them, and leave to be replaced,
+        which stops them (a thread cannot be stopped). The broker requeues
+        what else this process holds, as it does for a worker that leaves."""
+        where = f"{self._host}:{os.getpid()}"
+        for key, timeout, stack in overdue:
+            text = (f"the task ran longer than its timeout of {timeout:g}s, so it was stopped: "
+                    f"its worker process ({where}) was replaced, since a running thread cannot "
+                    "be stopped otherwise")
+            if stack:
+                text += f". It was here:\n{stack.rstrip()}"
+            status, frames = dumps_exception(TaskTimeoutError(text))
+            self._runner.events.append(("done", key, status, frames, timeout))
+            log.warning("task %d of client %s ran past its timeout of %gs; replacing this "
+                        "worker process (the broker requeues the %d other task(s) it holds)",
+                        key[1], key[0].decode(errors="replace"), timeout,
+                        len(self._running) - len(overdue))
+        self._send_results()
+        self._send(Bye("a task ran past its timeout; this process is replaced"))
+        return Exit.TIMEOUT
+
     def _check_recycle(self, finished: bool) -> None:
         """Drain, to be replaced, once every task this process may run has
         started, or (``finished``: a task has just ended) once it holds more
@@ -684,3 +720,4 @@ class Agent:
             # requeues whatever this worker held.
             self._broker_seen = 0.0
         self._last_send = time.monotonic()
+

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import collections
 import logging
+import platform
 import queue
+import sys
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 from zeropool.protocol import Status, context
+from zeropool.protocol.errors import VersionMismatchError
 from zeropool.protocol.payload import dumps_exception, dumps_result, loads, loads_call
 from zeropool.worker import output
 
@@ -51,6 +55,9 @@ class Runner:
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         # The broker's limit (from its WELCOME): a larger result becomes an error.
         self.max_message_size = 1 << 30
+        # Clients that run another Python minor version than this worker: code
+        # they send by value is not loaded here (see _run).
+        self.client_pythons: dict[bytes, str] = {}
         self._init_frames: dict[bytes, list] = {}
         self._init_results: dict[bytes, tuple | None] = {}
         self._init_lock = threading.Lock()
@@ -70,6 +77,12 @@ class Runner:
         self._nested = False  # a task has seceded: threads may have to wait for a slot
         self._idle = 0  # threads waiting for a task
         self._context = context.TaskContext(address, security, self._secede, self._rejoin)
+        # Per-task timeouts: seconds, for tasks that have one; once started,
+        # their deadlines (monotonic) and threads. The I/O loop enforces them.
+        self._timeouts: dict[tuple, float] = {}
+        self.deadlines: dict[tuple, float] = {}
+        self._task_threads: dict[tuple, int] = {}
+        self.timed_out: set[tuple] = set()  # their results are the loop's to send
         output.capture(self._on_output)
         self._threads = []
         for _ in range(threads):
@@ -84,6 +97,7 @@ class Runner:
         with self._init_lock:
             self._init_frames.pop(client_id, None)
             self._init_results.pop(client_id, None)
+        self.client_pythons.pop(client_id, None)
 
     def _add_thread(self) -> None:
         thread = threading.Thread(target=self._loop, name=f"zeropool-task-{len(self._threads)}",
@@ -91,7 +105,10 @@ class Runner:
         self._threads.append(thread)
         thread.start()
 
-    def submit(self, key: tuple, frames: list, priority: int = 0) -> None:
+    def submit(self, key: tuple, frames: list, priority: int = 0,
+               timeout: float | None = None) -> None:
+        if timeout is not None:
+            self._timeouts[key] = timeout
         with self._start_lock:
             if priority or self._prioritized:
                 self._submit_by_priority(key, frames, priority)
@@ -179,6 +196,8 @@ class Runner:
                     continue
                 self._unwait(key)
                 start = self.running[key] = time.monotonic()
+                if self._timeouts:
+                    self._set_deadline(key, start)
             # No wake for this: the I/O loop reports starts on its own
             # schedule (worker.agent.START_REPORT_AFTER), or with a result.
             self.events.append(("started", key))
@@ -189,8 +208,30 @@ class Runner:
         the I/O loop), with the events a queued task makes; never raises."""
         with self._start_lock:
             start = self.running[key] = time.monotonic()
+            if self._timeouts:
+                self._set_deadline(key, start)
         self.events.append(("started", key))
         self._execute(key, frames, start)
+
+    def _set_deadline(self, key: tuple, start: float) -> None:
+        """Holds the start lock; the I/O loop wakes to look at the new deadline."""
+        timeout = self._timeouts.pop(key, None)
+        if timeout is not None:
+            self.deadlines[key] = start + timeout
+            self._task_threads[key] = threading.get_ident()
+            self._notify()
+
+    def overdue(self, now: float) -> list[tuple[tuple, float, str]]:
+        """Running tasks past their deadlines, as (key, timeout, where it was),
+        marked timed out: their own results, should they come, are dropped."""
+        found = []
+        with self._start_lock:
+            for key, deadline in list(self.deadlines.items()):
+                if deadline <= now and key in self.running and key not in self.timed_out:
+                    self.timed_out.add(key)
+                    found.append((key, deadline - self.running[key],
+                                  _stack(self._task_threads.get(key))))
+        return found
 
     def _execute(self, key: tuple, frames: list, start: float) -> None:
         output.running(key)
@@ -204,6 +245,11 @@ class Runner:
             self.seceded.discard(key)  # it ended without taking its slot back
             if self._nested:
                 self._slot_free.notify_all()
+            if self.deadlines:
+                self.deadlines.pop(key, None)
+                self._task_threads.pop(key, None)
+            if key in self.timed_out:
+                return  # its timeout was reported instead
         self.events.append(("done", key, status, out, time.monotonic() - start))
 
     def started_times(self) -> list[float]:
@@ -263,6 +309,7 @@ class Runner:
                 if key in self.waiting:
                     self._unwait(key)
                     self._withdrawn[key] += 1
+                    self._timeouts.pop(key, None)
                     taken.append(key)
         return taken
 
@@ -287,6 +334,14 @@ class Runner:
         failed = self._initialize(client_id)
         if failed is not None:
             return failed
+        if self.client_pythons and client_id in self.client_pythons and _carries_code(frames):
+            return dumps_exception(VersionMismatchError(
+                f"the call carries code (a function sent by value: defined in __main__, a "
+                f"lambda or a closure) made by Python {self.client_pythons[client_id]}, and "
+                f"this worker runs Python {platform.python_version()}: such code is for one "
+                "Python version only, so it was not loaded. Run the workers on the client's "
+                "Python version, or make the function importable on them, so that it "
+                "travels by reference"))
         try:
             fn, args, kwargs = loads_call(frames)
         except BaseException as exc:  # the call itself would not unpickle here
@@ -325,3 +380,17 @@ class Runner:
                     result = dumps_exception(exc, Status.INIT_FAILED)
                 self._init_results[client_id] = result
             return self._init_results[client_id]
+
+
+def _stack(thread_id: int | None) -> str:
+    """Where a thread is now, as traceback text ("" if it is gone)."""
+    frame = sys._current_frames().get(thread_id) if thread_id is not None else None
+    return "".join(traceback.format_stack(frame)) if frame is not None else ""
+
+
+def _carries_code(frames: list) -> bool:
+    """Whether a call's pickle rebuilds a code object (cloudpickle sends
+    functions by value so), which only the Python minor version that made
+    it can load safely: loading another's may even crash the interpreter."""
+    stream = frames[0]
+    return b"CodeType" in (stream if type(stream) is bytes else memoryview(stream).tobytes())

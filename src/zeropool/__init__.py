@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 __all__ = ["BrokerUnreachable", "Executor", "ExecutorTerminated", "ExecutorView",
            "InitializerError", "RemoteError", "RemoteTraceback", "Security",
-           "UnsatisfiableWarning", "WorkerLostError", "current_executor"]
+           "TaskTimeoutError", "UnsatisfiableWarning", "VersionMismatchError",
+           "VersionMismatchWarning", "WorkerLostError", "current_executor"]
 
 if TYPE_CHECKING:
     from zeropool.client import (
         BrokerUnreachable, Executor, ExecutorTerminated, ExecutorView, InitializerError,
-        RemoteError, RemoteTraceback, Security, UnsatisfiableWarning, WorkerLostError,
+        RemoteError, RemoteTraceback, Security, TaskTimeoutError, UnsatisfiableWarning,
+        VersionMismatchError, VersionMismatchWarning, WorkerLostError,
         current_executor,
     )
 
