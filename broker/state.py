@@ -263,6 +263,7 @@ class BrokerState:
         self.levels: dict[tuple, Level] = {}  # (priority, needs) -> its level
         self.order: list[Level] = []  # the levels, the first served first
         self._levels_made = 0
+        self._default_level = self._add_level(DEFAULT_OPTIONS)
         self.queued_count = 0
         self.in_flight: dict[TaskKey, bytes] = {}  # TaskKey -> worker id
         self.workers: dict[bytes, Worker] = {}
@@ -308,7 +309,8 @@ class BrokerState:
     def queued_by_priority(self) -> dict[int, int]:
         counts: Counter = Counter()
         for level in self.order:
-            counts[level.priority] += level.count
+            if level.count:
+                counts[level.priority] += level.count
         return dict(counts)
 
     def unsatisfiable(self) -> list[tuple[tuple, int]]:
@@ -357,14 +359,19 @@ class BrokerState:
             self._drop_level(level)
 
     def _drop_level(self, level: Level) -> None:
-        """An empty level goes, with the cancelled tasks still in its deques."""
+        """An empty level goes, with the cancelled tasks still in its deques;
+        the default level stays (it would come back with the next task)."""
+        if level is self._default_level:
+            level.queues.clear()
+            level.rotation.clear()
+            return
         del self.levels[level.priority, level.needs]
         self.order.remove(level)
 
     def _next_for(self, worker: Worker) -> tuple[Level, Task] | tuple[None, None]:
         """The level a worker takes its next task from, and that task."""
         for level in self.order:
-            if level.needs and not worker.fits(level.needs):
+            if not level.count or (level.needs and not worker.fits(level.needs)):
                 continue
             task = level.head(self.clients)
             if task is not None:
@@ -500,16 +507,30 @@ class BrokerState:
         client = self.clients[client_id]
         if task_id in client.waiting or (client_id, task_id) in self.in_flight:
             return False
-        if options.default:
+        if options is DEFAULT_OPTIONS:
             task = Task(client_id, task_id, frames, time=now)
-        else:
-            task = OptionedTask(client_id, task_id, frames, time=now, options=options)
-        if options.priority or self._held_priorities:  # never for a default-only load
-            lowest = self._lowest_held()
-            if lowest is not None and options.priority > lowest:
-                self._preempt_due = True
+            if self._held_priorities:  # tasks of other priorities are on workers
+                self._note_outranking(0)
+            level = self._default_level
+            queue = level.queues.get(client_id)
+            if queue is None:
+                level.push(task)
+            else:  # Level.push, inline: this is the path of nearly every task
+                queue.append(task)
+                level.count += 1
+            client.waiting[task_id] = task
+            self.queued_count += 1
+            return True
+        task = OptionedTask(client_id, task_id, frames, time=now, options=options)
+        self._note_outranking(options.priority)
         self._queue(task)
         return True
+
+    def _note_outranking(self, priority: int) -> None:
+        """A task of ``priority`` is queued: ask back lower ones waiting on workers."""
+        lowest = self._lowest_held()
+        if lowest is not None and priority > lowest:
+            self._preempt_due = True
 
     def _lowest_held(self) -> int | None:
         """The lowest priority of the tasks on workers (None: there are none)."""
@@ -591,42 +612,55 @@ class BrokerState:
 
     def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
         taken = 0
-        while taken < count and self.queued_count and not worker.isolating:
-            level, task = self._next_for(worker)
+        level, task = None, None
+        while taken < count and not worker.isolating:
             if task is None:
-                break  # nothing it can run
+                level, task = self._next_for(worker)
+                if task is None:
+                    break  # nothing it can run
             if task.suspect:
                 if worker.in_flight:
                     break  # it must run alone, and order holds behind it
                 worker.isolating = True
             level.pop()
+            self._hand(task, worker, assignment)
+            taken += 1
+            # The same level stays first for this worker until it runs dry or
+            # its resources do: levels before it were empty or did not fit.
             if not level.count:
                 self._drop_level(level)
-            client = self.clients[task.client_id]
-            del client.waiting[task.task_id]
-            self.queued_count -= 1
-            options = task.options
-            if options is not DEFAULT_OPTIONS:
-                worker.take(options.resources)
-                if options.priority:
-                    self._held_priorities[options.priority] += 1
-            key = task.key
-            self.in_flight[key] = worker.worker_id
-            worker.in_flight[key] = task
-            client.in_flight += 1
-            if client.init_frames and task.client_id not in worker.inits_sent:
-                worker.inits_sent.add(task.client_id)
-                assignment.inits.append((task.client_id, client.init_frames))
-            if client.python != worker.python and task.client_id not in worker.pythons_sent:
-                worker.pythons_sent.add(task.client_id)
-                if client.python and worker.python:
-                    assignment.pythons.append([task.client_id, client.versions["python"]])
-            assignment.tasks.append(task)
-            taken += 1
+                task = None
+            elif level.needs and not worker.fits(level.needs):
+                task = None
+            else:
+                task = level.head(self.clients)
         worker.credit -= taken
         if worker.occupied > worker.threads:
             self.holders[worker.worker_id] = None
             self._steal_due = True
+
+    def _hand(self, task: Task, worker: Worker, assignment: Assignment) -> None:
+        """A task taken from its level goes to ``worker``, in ``assignment``."""
+        client = self.clients[task.client_id]
+        del client.waiting[task.task_id]
+        self.queued_count -= 1
+        options = task.options
+        if options is not DEFAULT_OPTIONS:
+            worker.take(options.resources)
+            if options.priority:
+                self._held_priorities[options.priority] += 1
+        key = (task.client_id, task.task_id)
+        self.in_flight[key] = worker.worker_id
+        worker.in_flight[key] = task
+        client.in_flight += 1
+        if client.init_frames and task.client_id not in worker.inits_sent:
+            worker.inits_sent.add(task.client_id)
+            assignment.inits.append((task.client_id, client.init_frames))
+        if client.python != worker.python and task.client_id not in worker.pythons_sent:
+            worker.pythons_sent.add(task.client_id)
+            if client.python and worker.python:
+                assignment.pythons.append([task.client_id, client.versions["python"]])
+        assignment.tasks.append(task)
 
     def to_steal(self) -> list[tuple[bytes, list]]:
         """With the queue empty and threads free on workers with credit, the
@@ -728,7 +762,8 @@ class BrokerState:
         del self.in_flight[key]
         worker = self.workers[worker_id]
         task = worker.in_flight.pop(key)
-        self._unheld(task, worker)
+        if task.options is not DEFAULT_OPTIONS:
+            self._unheld(task, worker)
         worker.isolating = False
         worker.done += 1
         self._steal_due = True  # a thread of its may be free now
@@ -763,7 +798,7 @@ class BrokerState:
         if not self._preempt_due:
             return []
         self._preempt_due = False
-        top = self.order[0] if self.order else None
+        top = next((level for level in self.order if level.count), None)
         if top is None:
             return []
         found = []

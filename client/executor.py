@@ -384,11 +384,14 @@ def _unordered(pending: set, rest: tuple | None, done: queue.SimpleQueue, chunke
     """map_unordered()'s results, as their calls complete."""
     try:
         while pending:
-            context.wait_begins()  # inside a task, its slot is free while it waits
-            try:
+            if done.empty():
+                context.wait_begins()  # inside a task, its slot is free while it waits
+                try:
+                    future = done.get()
+                finally:
+                    context.wait_ends()
+            else:
                 future = done.get()
-            finally:
-                context.wait_ends()
             pending.discard(future)
             if rest is not None and (more := _submit_more(rest)) is not None:
                 pending.add(more)

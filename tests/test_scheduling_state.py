@@ -176,7 +176,7 @@ def test_queued_counts_per_priority_follow_cancels_and_dispatches():
     state.add_worker(W1, 5, 0.0)
     state.assign()
     assert state.queued_by_priority() == {} and state.queued_count == 0
-    assert not state.levels and not state.order
+    assert [level.priority for level in state.order] == [0]  # only the default level stays
 
 
 def test_a_requeued_task_keeps_its_priority_and_needs():

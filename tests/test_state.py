@@ -616,7 +616,8 @@ def test_cancelled_tasks_release_their_payload_at_once():
     held = state.queued_in_order()
     assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
     assert all(task.frames == [] for task in held)
-    assert not state.levels  # nothing left queued: the level and its deques go too
+    # Nothing left queued: the deques that held them are emptied too.
+    assert all(not level.queues and not level.rotation for level in state.order)
 
 
 # -- prefetched tasks ---------------------------------------------------------------
