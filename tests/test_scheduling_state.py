@@ -207,3 +207,85 @@ def test_bad_options_are_refused_with_a_clear_error(bad, error):
     with pytest.raises(error) as info:
         TaskOptions.make(**bad)
     assert "priority" in str(info.value) or "resources" in str(info.value)
+
+
+# -- invariants under any sequence of events ---------------------------------------------
+
+from hypothesis import example, given, settings, strategies as st  # noqa: E402
+
+CLIENTS = [C1, C2, C3]
+WORKERS = {W1: {}, W2: {"gpu": 2}}
+OPTIONS = [options(), options(3), options(-1), options(gpu=1), options(3, gpu=2)]
+
+submits = st.tuples(st.just("submit"), st.sampled_from(CLIENTS), st.sampled_from(OPTIONS))
+events = st.lists(st.one_of(
+    submits, submits, submits,  # more often than the rest: queues must build up
+    st.tuples(st.just("credit"), st.sampled_from(list(WORKERS)), st.integers(1, 3)),
+    st.tuples(st.just("finish"), st.sampled_from(list(WORKERS)), st.integers(0, 5)),
+    st.tuples(st.just("withdraw"), st.sampled_from(list(WORKERS)), st.integers(0, 5)),
+    st.tuples(st.just("cancel"), st.sampled_from(CLIENTS), st.integers(0, 30)),
+    st.tuples(st.just("lose"), st.sampled_from(list(WORKERS)), st.booleans()),
+    st.tuples(st.just("leave"), st.sampled_from(CLIENTS), st.none()),
+), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events)
+@example([("submit", C1, OPTIONS[0])] * 5 + [("submit", C2, OPTIONS[1]), ("credit", W1, 1)])
+def test_scheduling_invariants_hold_whatever_happens(script):
+    state = make_state(*CLIENTS)
+    for worker_id, resources in WORKERS.items():
+        state.add_worker(worker_id, 2, 0.0, threads=1, resources=resources)
+    next_id = 0
+    for event, who, arg in script:
+        if event == "submit":
+            if who not in state.clients:
+                state.add_client(who, [], 0.0)
+            next_id += 1
+            state.submit(who, next_id, b"x", options=arg)
+        elif event == "credit" and who in state.workers:
+            state.add_credit(who, arg)
+        elif event in ("finish", "withdraw") and who in state.workers:
+            held = list(state.workers[who].in_flight)
+            if held:
+                key = held[arg % len(held)]
+                if event == "finish":
+                    state.finish(who, key)
+                else:
+                    state.withdraw(who, [key], requeue=True)
+        elif event == "cancel" and who in state.clients:
+            state.cancel(who, [arg])
+        elif event == "lose" and who in state.workers:
+            state.remove_worker(who, lost=arg)
+            state.add_worker(who, 2, 0.0, threads=1, resources=WORKERS[who])
+        elif event == "leave":
+            state.remove_client(who)
+        for assignment in state.assign():
+            check_dispatch_order(state, assignment)
+        check_bookkeeping(state)
+
+
+def check_dispatch_order(state: BrokerState, assignment) -> None:
+    """No task went out while one of higher priority that any worker can run
+    (it needs no resources) stayed queued."""
+    sent = min(task.options.priority for task in assignment.tasks)
+    for task in state.queued_in_order():
+        if not task.options.resources:
+            assert task.options.priority <= sent, (task, assignment.tasks)
+
+
+def check_bookkeeping(state: BrokerState) -> None:
+    assert state.queued_count == sum(level.count for level in state.order)
+    assert state.queued_count == sum(len(c.waiting) for c in state.clients.values())
+    for worker in state.workers.values():
+        used = {}
+        needs = [t.options.resources for t in worker.in_flight.values()]
+        for need in needs + list(worker.orphans.values()):
+            for name, amount in need:
+                used[name] = used.get(name, 0) + amount
+        for name, amount in worker.resources.items():
+            assert worker.free[name] == amount - used.get(name, 0) >= 0
+        assert worker.credit >= 0
+    held = sum(1 for key, worker_id in state.in_flight.items()
+               if state.workers[worker_id].in_flight[key].options.priority)
+    assert held == sum(state._held_priorities.values())
