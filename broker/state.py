@@ -3,31 +3,24 @@
 Plain objects with no sockets; every method that depends on time takes
 ``now`` (a ``time.monotonic()`` value), so this module is tested directly.
 
-The queue is a list of levels, one per (priority, resource needs) in use,
-highest priority first. A worker takes from the first level it can run
-(strict priority; at equal priority, levels that need resources first, so
-that workers offering them do that work). Within a level, clients take
-turns, one task each (fair share), and each client's tasks keep their order.
-
-Per-task work is O(1): levels hold a deque per client and a rotation of
-clients, with a dict beside them for cancellation (a cancelled task stays in
-its deque and is skipped when it reaches the front); in-flight tasks are
-indexed by key globally and per worker. Per dispatch the levels are walked,
-and there are only as many as distinct options in use.
+The queue (levels of priority and resource needs, clients taking turns) is
+broker.queue's; here each client's queued tasks are indexed by id beside it,
+for cancellation and replays, and in-flight tasks by key, globally and per
+worker. Per-task work is O(1).
 """
 from __future__ import annotations
 
 import math
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 
+from zeropool.broker.queue import DEFAULT_OPTIONS, TaskQueue
 from zeropool.protocol import TaskOptions
 
 TaskKey = tuple  # (client_id: bytes, task_id: int)
 
 
 _STARTED, _SUSPECT, _DISPATCHED = 1, 2, 4  # Task.flags
-DEFAULT_OPTIONS = TaskOptions()
 
 
 @dataclass(slots=True, eq=False)
@@ -90,69 +83,6 @@ class OptionedTask(Task):
     million default tasks of a big queue pay for."""
 
     options: TaskOptions = DEFAULT_OPTIONS
-
-
-class Level:
-    """Queued tasks of one priority and one set of resource needs; clients
-    take turns, one task each."""
-
-    __slots__ = ("priority", "needs", "order", "queues", "rotation", "count")
-
-    def __init__(self, priority: int, needs: tuple, order: int) -> None:
-        self.priority = priority
-        self.needs = needs
-        # Where it goes in the broker's list of levels (see BrokerState._levels_in_order).
-        self.order = (-priority, 0 if needs else 1, order)
-        self.queues: dict[bytes, deque] = {}
-        self.rotation: deque[bytes] = deque()  # clients with tasks here, next first
-        self.count = 0  # live tasks; cancelled ones wait in the deques to be skipped
-
-    def push(self, task: Task, front: bool = False) -> None:
-        queue = self.queues.get(task.client_id)
-        if queue is None:
-            queue = self.queues[task.client_id] = deque()
-            if front:
-                self.rotation.appendleft(task.client_id)
-            else:
-                self.rotation.append(task.client_id)
-        if front:
-            queue.appendleft(task)
-        else:
-            queue.append(task)
-        self.count += 1
-
-    def head(self, clients: dict) -> Task | None:
-        """The next task to go, dropping cancelled ones (and those of gone
-        clients) from the front."""
-        rotation, queues = self.rotation, self.queues
-        while rotation:
-            client_id = rotation[0]
-            queue = queues[client_id]
-            client = clients.get(client_id)
-            while queue:
-                task = queue[0]
-                if client is not None and client.waiting.get(task.task_id) is task:
-                    return task
-                queue.popleft()
-            del queues[client_id]
-            rotation.popleft()
-        return None
-
-    def pop(self) -> None:
-        """Take the task ``head`` returned; the next client's turn comes."""
-        client_id = self.rotation[0]
-        queue = self.queues[client_id]
-        queue.popleft()
-        self.count -= 1
-        if not queue:
-            del self.queues[client_id]
-            self.rotation.popleft()
-        elif len(self.rotation) > 1:
-            self.rotation.rotate(-1)
-
-    def drop_client(self, client_id: bytes) -> None:
-        if self.queues.pop(client_id, None) is not None:
-            self.rotation.remove(client_id)
 
 
 @dataclass(slots=True, eq=False)
@@ -260,14 +190,10 @@ class BrokerState:
     def __init__(self, peer_timeout: float, max_retries: int) -> None:
         self.peer_timeout = peer_timeout
         self.max_retries = max_retries
-        self.levels: dict[tuple, Level] = {}  # (priority, needs) -> its level
-        self.order: list[Level] = []  # the levels, the first served first
-        self._levels_made = 0
-        self._default_level = self._add_level(DEFAULT_OPTIONS)
-        self.queued_count = 0
         self.in_flight: dict[TaskKey, bytes] = {}  # TaskKey -> worker id
         self.workers: dict[bytes, Worker] = {}
         self.clients: dict[bytes, Client] = {}
+        self.queue = TaskQueue(self.clients)
         # Workers with credit, oldest first; a dict is an ordered set.
         self.ready: dict[bytes, None] = {}
         # Workers given more tasks than they have threads, so some may wait
@@ -284,6 +210,10 @@ class BrokerState:
         self._satisfiable: dict[tuple, bool] = {}
 
     @property
+    def queued_count(self) -> int:
+        return self.queue.count
+
+    @property
     def queued(self) -> dict[TaskKey, Task]:
         """Every queued task by key (built on demand: for tests and tools)."""
         return {(client.client_id, task_id): task for client in self.clients.values()
@@ -292,35 +222,16 @@ class BrokerState:
     def queued_in_order(self) -> list[Task]:
         """The queued tasks in the order they would go out to one worker that
         can run them all (built on demand: for tests and tools)."""
-        tasks = []
-        for level in self.order:
-            queues = {client_id: [t for t in queue
-                                  if self.clients[client_id].waiting.get(t.task_id) is t]
-                      for client_id, queue in level.queues.items()
-                      if client_id in self.clients}
-            rotation = [client_id for client_id in level.rotation if queues.get(client_id)]
-            while rotation:
-                client_id = rotation.pop(0)
-                tasks.append(queues[client_id].pop(0))
-                if queues[client_id]:
-                    rotation.append(client_id)
-        return tasks
+        return self.queue.in_order()
 
     def queued_by_priority(self) -> dict[int, int]:
-        counts: Counter = Counter()
-        for level in self.order:
-            if level.count:
-                counts[level.priority] += level.count
-        return dict(counts)
+        return self.queue.by_priority()
 
     def unsatisfiable(self) -> list[tuple[tuple, int]]:
         """Resource needs of queued tasks that no connected worker has, with
         how many such tasks are queued."""
-        counts: Counter = Counter()
-        for level in self.order:
-            if level.needs and not self.satisfiable(level.needs):
-                counts[level.needs] += level.count
-        return list(counts.items())
+        return [(needs, count) for needs, count in self.queue.by_needs()
+                if not self.satisfiable(needs)]
 
     def satisfiable(self, needs: tuple) -> bool:
         """Whether some connected worker (not draining) has ``needs`` at all."""
@@ -330,53 +241,6 @@ class BrokerState:
                 worker.could_fit(needs) for worker in self.workers.values()
                 if not worker.draining)
         return known
-
-    # -- the levels --------------------------------------------------------
-
-    def _queue(self, task: Task, front: bool = False) -> None:
-        options = task.options
-        level = self.levels.get((options.priority, options.resources))
-        if level is None:
-            level = self._add_level(options)
-        level.push(task, front)
-        self.clients[task.client_id].waiting[task.task_id] = task
-        self.queued_count += 1
-
-    def _add_level(self, options: TaskOptions) -> Level:
-        self._levels_made += 1
-        level = Level(options.priority, options.resources, self._levels_made)
-        self.levels[options.priority, options.resources] = level
-        self.order.append(level)
-        self.order.sort(key=_level_order)
-        return level
-
-    def _unqueued(self, task: Task) -> None:
-        """A queued task left the queue other than by ``Level.pop``."""
-        options = task.options
-        level = self.levels[options.priority, options.resources]
-        level.count -= 1
-        if not level.count:
-            self._drop_level(level)
-
-    def _drop_level(self, level: Level) -> None:
-        """An empty level goes, with the cancelled tasks still in its deques;
-        the default level stays (it would come back with the next task)."""
-        if level is self._default_level:
-            level.queues.clear()
-            level.rotation.clear()
-            return
-        del self.levels[level.priority, level.needs]
-        self.order.remove(level)
-
-    def _next_for(self, worker: Worker) -> tuple[Level, Task] | tuple[None, None]:
-        """The level a worker takes its next task from, and that task."""
-        for level in self.order:
-            if not level.count or (level.needs and not worker.fits(level.needs)):
-                continue
-            task = level.head(self.clients)
-            if task is not None:
-                return level, task
-        return None, None
 
     # -- peers -------------------------------------------------------------
 
@@ -432,11 +296,7 @@ class BrokerState:
         if client is None:
             return 0
         if client.waiting:
-            self.queued_count -= len(client.waiting)
-            for level in list(self.order):
-                level.drop_client(client_id)
-            for task in client.waiting.values():
-                self._unqueued(task)
+            self.queue.drop_client(client_id, client.waiting.values())
         # Its running tasks are forgotten too: their results are dropped, and a
         # client that comes back under the same id starts afresh.
         for key in [k for k in self.in_flight if k[0] == client_id]:
@@ -511,15 +371,8 @@ class BrokerState:
             task = Task(client_id, task_id, frames, time=now)
             if self._held_priorities:  # tasks of other priorities are on workers
                 self._note_outranking(0)
-            level = self._default_level
-            queue = level.queues.get(client_id)
-            if queue is None:
-                level.push(task)
-            else:  # Level.push, inline: this is the path of nearly every task
-                queue.append(task)
-                level.count += 1
+            self.queue.push_default(task)
             client.waiting[task_id] = task
-            self.queued_count += 1
             return True
         task = OptionedTask(client_id, task_id, frames, time=now, options=options)
         self._note_outranking(options.priority)
@@ -551,8 +404,7 @@ class BrokerState:
             if task is not None:
                 task.frames = []  # it stays in the deque until popped; its payload need not
                 cancelled.append(task_id)
-                self.queued_count -= 1
-                self._unqueued(task)
+                self.queue.remove(task)
         return cancelled
 
     def add_credit(self, worker_id: bytes, credit: int) -> None:
@@ -615,22 +467,19 @@ class BrokerState:
         level, task = None, None
         while taken < count and not worker.isolating:
             if task is None:
-                level, task = self._next_for(worker)
+                level, task = self.queue.next_for(worker)
                 if task is None:
                     break  # nothing it can run
             if task.suspect:
                 if worker.in_flight:
                     break  # it must run alone, and order holds behind it
                 worker.isolating = True
-            level.pop()
+            more = self.queue.take(level)
             self._hand(task, worker, assignment)
             taken += 1
             # The same level stays first for this worker until it runs dry or
             # its resources do: levels before it were empty or did not fit.
-            if not level.count:
-                self._drop_level(level)
-                task = None
-            elif level.needs and not worker.fits(level.needs):
+            if not more or (level.needs and not worker.fits(level.needs)):
                 task = None
             else:
                 task = level.head(self.clients)
@@ -643,7 +492,6 @@ class BrokerState:
         """A task taken from its level goes to ``worker``, in ``assignment``."""
         client = self.clients[task.client_id]
         del client.waiting[task.task_id]
-        self.queued_count -= 1
         options = task.options
         if options is not DEFAULT_OPTIONS:
             worker.take(options.resources)
@@ -774,6 +622,10 @@ class BrokerState:
         client.done += 1
         return task
 
+    def _queue(self, task: Task, front: bool = False) -> None:
+        self.queue.push(task, front)
+        self.clients[task.client_id].waiting[task.task_id] = task
+
     def _unheld(self, task: Task, worker: Worker | None = None) -> None:
         """A task is no longer on a worker (``worker``: whose resources it frees)."""
         options = task.options
@@ -798,7 +650,7 @@ class BrokerState:
         if not self._preempt_due:
             return []
         self._preempt_due = False
-        top = next((level for level in self.order if level.count), None)
+        top = self.queue.top()
         if top is None:
             return []
         found = []
@@ -811,6 +663,3 @@ class BrokerState:
                 found.append((worker_id, keys))
         return found
 
-
-def _level_order(level: Level) -> tuple:
-    return level.order

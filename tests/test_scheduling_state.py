@@ -176,7 +176,7 @@ def test_queued_counts_per_priority_follow_cancels_and_dispatches():
     state.add_worker(W1, 5, 0.0)
     state.assign()
     assert state.queued_by_priority() == {} and state.queued_count == 0
-    assert [level.priority for level in state.order] == [0]  # only the default level stays
+    assert [level.priority for level in state.queue.order] == [0]  # only the default level stays
 
 
 def test_a_requeued_task_keeps_its_priority_and_needs():
@@ -275,7 +275,7 @@ def check_dispatch_order(state: BrokerState, assignment) -> None:
 
 
 def check_bookkeeping(state: BrokerState) -> None:
-    assert state.queued_count == sum(level.count for level in state.order)
+    assert state.queued_count == sum(level.count for level in state.queue.order)
     assert state.queued_count == sum(len(c.waiting) for c in state.clients.values())
     for worker in state.workers.values():
         used = {}

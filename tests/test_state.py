@@ -617,7 +617,7 @@ def test_cancelled_tasks_release_their_payload_at_once():
     assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
     assert all(task.frames == [] for task in held)
     # Nothing left queued: the deques that held them are emptied too.
-    assert all(not level.queues and not level.rotation for level in state.order)
+    assert all(not level.queues and not level.rotation for level in state.queue.order)
 
 
 # -- prefetched tasks ---------------------------------------------------------------
