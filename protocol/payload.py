@@ -444,11 +444,17 @@ class _Snapshot:
         """Whether ``fn`` (of the code snapshotted) pickles as it did then."""
         for read, obj, then in self.probes:
             now = read(fn if obj is _SELF else obj)
-            if len(now) != len(then) or not all(map(operator.is_, now, then)):
-                if len(now) != len(then) or not all(
-                        a is b or (b is _SELF and a is fn) for a, b in zip(now, then)):
-                    return False
+            if not (len(now) == len(then) and all(map(operator.is_, now, then))
+                    or _same_but_self(now, then, fn)):
+                return False
         return True
+
+
+def _same_but_self(now: tuple, then: tuple, fn: types.FunctionType) -> bool:
+    """``now`` is ``then``, item by item, ``fn`` standing for _SELF (the slow
+    way: only a function that refers to itself needs it)."""
+    return len(now) == len(then) and all(
+        a is b or (b is _SELF and a is fn) for a, b in zip(now, then))
 
 
 def _snapshot(fn: types.FunctionType, client: bool) -> _Snapshot | None:
