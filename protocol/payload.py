@@ -58,7 +58,7 @@ pickled whole by cloudpickle each time, as it would be without the cache: an
 instance of any class (of ``__main__`` or not), a class defined in
 ``__main__``, a ``bytearray``, a subclass of a builtin container, a bound
 method, a module sent by value, or more than ``_SNAPSHOT_MAX`` objects to
-compare. A call whose arguments share an object with the function's state
+compare; and a function once found with such state stays pickled whole. A call whose arguments share an object with the function's state
 (the function itself, a global list it reads, a function with the same
 globals) is also pickled whole, so that the worker gets one object, as
 cloudpickle would send it.
@@ -148,6 +148,7 @@ def _forget_function_pickles() -> None:
     _generation += 1
     _function_pickles.clear()
     _value_pickles.clear()
+    _not_cacheable.clear()
 
 
 def dumps(obj: Any) -> list:
@@ -347,6 +348,9 @@ _VALUE_CACHE = (_code_globals is not None and _should_pickle_by_reference is not
 # code, so the id is not reused while it is here. A pickle of None is too large
 # to keep: the call is pickled whole, its buffers out of band.
 _value_pickles: dict[int, tuple] = {}
+# Functions whose state a snapshot could not vouch for, once: pickled whole
+# from then on, without looking again (looking costs up to a snapshot's walk).
+_not_cacheable: weakref.WeakSet = weakref.WeakSet()
 _VALUE_CODES_MAX = 1024
 _VALUE_PICKLES_PER_CODE = 4  # closures of one factory, submitted in turn
 _VALUE_PICKLE_MAX = OUT_OF_BAND_MIN
@@ -542,10 +546,10 @@ def _snapshot(fn: types.FunctionType, client: bool) -> _Snapshot | None:
 
     try:
         function(fn)
+        if client and packages:
+            probe(_modules_loaded, len(sys.modules))
     except Exception:  # _NotCacheable, or an object that would not be looked at
         return None
-    if client and packages:
-        probe(_modules_loaded, len(sys.modules))
     return _Snapshot(probes, frozenset(seen), frozenset(namespaces))
 
 
@@ -566,10 +570,13 @@ def _value_pickle(fn: Any) -> tuple[bytes, _Snapshot] | None:
     for entry in entries:
         if entry[1].holds(fn):
             return None if entry[0] is None else entry
+    if fn in _not_cacheable:
+        return None
     generation = _generation
     try:
         snapshot = _snapshot(fn, client=True)
         if snapshot is None:
+            _not_cacheable.add(fn)
             return None
         value = cloudpickle.dumps(fn, protocol=5)
     except Exception:  # the whole call is pickled, and raises what it raises

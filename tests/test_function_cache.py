@@ -16,6 +16,7 @@ import subprocess
 import sys
 import textwrap
 import types
+import weakref
 
 import cloudpickle
 import pytest
@@ -56,6 +57,7 @@ def pickles(monkeypatch):
 
     monkeypatch.setattr(payload.cloudpickle, "dumps", counting)
     monkeypatch.setattr(payload, "_value_pickles", {})
+    monkeypatch.setattr(payload, "_not_cacheable", weakref.WeakSet())
     monkeypatch.setattr(payload, "_loaded_functions", {})
     return counts
 
@@ -245,6 +247,8 @@ def test_an_instance_in_the_state_is_pickled_per_call():
     assert call(main["read"]) == 1
     main["BOX"].value = 2
     assert call(main["read"]) == 2
+    main["BOX"] = 3  # checkable now, but it was not once: still pickled whole
+    assert not sends_its_pickle(main["read"])
 
 
 def test_a_large_state_is_pickled_per_call():
