@@ -58,15 +58,17 @@ pickled whole by cloudpickle each time, as it would be without the cache: an
 instance of any class (of ``__main__`` or not), a class defined in
 ``__main__``, a ``bytearray``, a subclass of a builtin container, a bound
 method, a module sent by value, or more than ``_SNAPSHOT_MAX`` objects to
-compare; and a function once found with such state stays pickled whole. A call whose arguments share an object with the function's state
+compare; and a function once found with such state stays pickled whole, as
+does a function's code once its state has changed before each of
+``_VALUE_MISSES_MAX`` calls in a row (a global the script sets per call). A call whose arguments share an object with the function's state
 (the function itself, a global list it reads, a function with the same
 globals) is also pickled whole, so that the worker gets one object, as
 cloudpickle would send it.
 
-A worker keeps each function it unpickles, per pickle, with a snapshot of
-its own. It unpickles again when a call has changed that copy's state (a
-global rebound, a list appended to), so each call starts from the state the
-client sent.
+A worker keeps each function it unpickles, per pickle, from the second call
+that brings that pickle, with a snapshot of its own. It unpickles again when
+a call has changed that copy's state (a global rebound, a list appended to),
+so each call starts from the state the client sent.
 
 Not detected: a removal from ``sys.modules`` together with an addition
 between two calls (only the count is compared); and, on a worker, a call
@@ -343,11 +345,15 @@ _VALUE_CACHE = (_code_globals is not None and _should_pickle_by_reference is not
                 and _by_value_modules is not None)
 
 # id(code object) -> (the code object, [(pickle or None, _Snapshot)], newest
-# first). Keyed by code, so that a lambda made anew per call with the same state
-# still hits; by id, as code objects compare by content. The entry holds its
-# code, so the id is not reused while it is here. A pickle of None is too large
-# to keep: the call is pickled whole, its buffers out of band.
+# first, misses in a row). Keyed by code, so that a lambda made anew per call
+# with the same state still hits; by id, as code objects compare by content.
+# The entry holds its code, so the id is not reused while it is here. A pickle
+# of None is too large to keep: the call is pickled whole, its buffers out of band.
 _value_pickles: dict[int, tuple] = {}
+# A function whose state changes before every call (a global set per call)
+# would pay for a snapshot and two pickles per call (one of them on the
+# worker): after this many misses in a row, its code is pickled whole.
+_VALUE_MISSES_MAX = 8
 # Functions whose state a snapshot could not vouch for, once: pickled whole
 # from then on, without looking again (looking costs up to a snapshot's walk).
 _not_cacheable: weakref.WeakSet = weakref.WeakSet()
@@ -566,10 +572,16 @@ def _value_pickle(fn: Any) -> tuple[bytes, _Snapshot] | None:
         return None
     code = fn.__code__
     kept = _value_pickles.get(id(code))
-    entries = kept[1] if kept is not None else ()
-    for entry in entries:
-        if entry[1].holds(fn):
-            return None if entry[0] is None else entry
+    entries = ()
+    if kept is not None:
+        _, entries, misses = kept
+        if misses >= _VALUE_MISSES_MAX:  # its state changes call after call
+            return None
+        for entry in entries:
+            if entry[1].holds(fn):
+                if misses:
+                    _value_pickles[id(code)] = (code, entries, 0)
+                return None if entry[0] is None else entry
     if fn in _not_cacheable:
         return None
     generation = _generation
@@ -588,8 +600,12 @@ def _value_pickle(fn: Any) -> tuple[bytes, _Snapshot] | None:
     if generation == _generation:  # not forgotten meanwhile by another thread
         if kept is None and len(_value_pickles) >= _VALUE_CODES_MAX:
             _value_pickles.clear()
-        entries = [(value, snapshot), *entries][:_VALUE_PICKLES_PER_CODE]
-        _value_pickles[id(code)] = (code, entries)
+        misses = kept[2] + 1 if kept is not None else 0
+        if misses >= _VALUE_MISSES_MAX:
+            entries = []  # not looked at again
+        else:
+            entries = [(value, snapshot), *entries][:_VALUE_PICKLES_PER_CODE]
+        _value_pickles[id(code)] = (code, entries, misses)
     return None if value is None else (value, snapshot)
 
 
@@ -628,24 +644,25 @@ def _load_function(data: bytes) -> Callable:
     """The function pickled in ``data``: the one kept for it if its state is
     still what it was unpickled with, else unpickled again."""
     global _loaded_bytes
-    entry = _loaded_functions.get(data)
+    entry = _loaded_functions.get(data)  # (function or None if not kept, _Snapshot or None)
     if entry is not None:
         fn, snapshot = entry
-        if snapshot is None or snapshot.holds(fn):
+        if fn is not None and (snapshot is None or snapshot.holds(fn)):
             return fn
     fn = pickle.loads(data)
-    snapshot = None
+    kept = (fn, None)
     if type(fn) is types.FunctionType and _by_value(fn):
-        snapshot = _snapshot(fn, client=False)
-        if snapshot is None:  # its state cannot be checked: not kept
-            return fn
+        # Checked and kept from its second call on: a pickle sent once (state
+        # that the client changes before every call) is not worth a snapshot.
+        snapshot = _snapshot(fn, client=False) if entry is not None else None
+        kept = (fn, snapshot) if snapshot is not None else (None, None)
     if (len(_loaded_functions) >= _LOADED_FUNCTIONS_MAX
             or _loaded_bytes + len(data) > _LOADED_BYTES_MAX):
         _loaded_functions.clear()
         _loaded_bytes = 0
     if data not in _loaded_functions:
         _loaded_bytes += len(data)
-    _loaded_functions[data] = (fn, snapshot)
+    _loaded_functions[data] = kept
     return fn
 
 

@@ -71,9 +71,10 @@ def test_a_main_function_is_pickled_once_and_unpickled_once(pickles):
     frames += [payload.dumps_call(main["double"], (i,), {}) for i in range(1, 20)]
     assert pickles == first and list(pickles) == [main["double"]]
     assert len({pickle.loads(f[0])[0] for f in frames}) == 1  # one pickle, as bytes
-    loaded = {id(payload.loads_call(f)[0]) for f in frames}
-    assert len(loaded) == 1
-    assert payload.loads_call(frames[3])[0](3) == 6
+    loaded = [payload.loads_call(f)[0] for f in frames]
+    # Kept from its second call on (a pickle seen once is not worth a snapshot).
+    assert loaded[0] is not loaded[1] and all(fn is loaded[1] for fn in loaded[1:])
+    assert loaded[-1](3) == 6
 
 
 def test_a_lambda_made_anew_per_call_with_the_same_state_hits(pickles):
@@ -307,9 +308,20 @@ def test_a_worker_starts_each_call_from_the_state_sent():
 def test_a_worker_keeps_a_function_whose_state_did_not_change():
     main = in_main("def pure(x):\n    return x\n")
     frames = payload.dumps_call(main["pure"], (1,), {})
-    first = payload.loads_call(frames)[0]
-    first(1)
-    assert payload.loads_call(frames)[0] is first
+    payload.loads_call(frames)  # seen once: not kept
+    kept = payload.loads_call(frames)[0]
+    kept(1)
+    assert payload.loads_call(frames)[0] is kept
+
+
+def test_a_state_changed_before_every_call_stops_being_cached(pickles):
+    main = in_main("CURRENT = 0\ndef read():\n    return CURRENT\n")
+    for i in range(1, 30):
+        main["CURRENT"] = i * 1000  # a new int object each time
+        assert call(main["read"]) == i * 1000
+    # Pickled alone the first time and at each miss, then with each call whole.
+    assert pickles[main["read"]] == 1 + payload._VALUE_MISSES_MAX
+    assert not sends_its_pickle(main["read"])
 
 
 def test_the_snapshot_reads_what_cloudpickle_pickles():
