@@ -66,9 +66,10 @@ globals) is also pickled whole, so that the worker gets one object, as
 cloudpickle would send it.
 
 A worker keeps each function it unpickles, per pickle, from the second call
-that brings that pickle, with a snapshot of its own. It unpickles again when
-a call has changed that copy's state (a global rebound, a list appended to),
-so each call starts from the state the client sent.
+that brings that pickle, with a snapshot of its own. When a call has changed
+that copy's state (a global rebound, a list appended to), it unpickles that
+function per call from then on, so each call starts from the state the
+client sent.
 
 Not detected: a removal from ``sys.modules`` together with an addition
 between two calls (only the count is compared); and, on a worker, a call
@@ -644,18 +645,25 @@ def _load_function(data: bytes) -> Callable:
     """The function pickled in ``data``: the one kept for it if its state is
     still what it was unpickled with, else unpickled again."""
     global _loaded_bytes
-    entry = _loaded_functions.get(data)  # (function or None if not kept, _Snapshot or None)
+    # (function, None): kept, by reference; (function, _Snapshot): kept, by
+    # value; (None, None): seen once; (None, False): not to be kept.
+    entry = _loaded_functions.get(data)
     if entry is not None:
         fn, snapshot = entry
         if fn is not None and (snapshot is None or snapshot.holds(fn)):
             return fn
     fn = pickle.loads(data)
-    kept = (fn, None)
-    if type(fn) is types.FunctionType and _by_value(fn):
-        # Checked and kept from its second call on: a pickle sent once (state
-        # that the client changes before every call) is not worth a snapshot.
-        snapshot = _snapshot(fn, client=False) if entry is not None else None
-        kept = (fn, snapshot) if snapshot is not None else (None, None)
+    if type(fn) is not types.FunctionType or not _by_value(fn):
+        kept = (fn, None)
+    elif entry is None:
+        kept = (None, None)  # a pickle sent once (state set per call) is not worth a snapshot
+    elif entry[1] is None:
+        snapshot = _snapshot(fn, client=False)
+        kept = (fn, snapshot) if snapshot is not None else (None, False)
+    else:  # its calls change its state (a list it appends to): unpickled per call
+        kept = (None, False)
+    if kept == entry:
+        return fn
     if (len(_loaded_functions) >= _LOADED_FUNCTIONS_MAX
             or _loaded_bytes + len(data) > _LOADED_BYTES_MAX):
         _loaded_functions.clear()
