@@ -1,6 +1,7 @@
 """Functions that travel by value (defined in ``__main__``, lambdas, closures)
-are pickled once while their state stays the same, and unpickled once per
-worker: and never run stale code (protocol.payload, "By-value functions").
+are pickled once while their state stays the same, and kept by each worker
+from their second call on, and never run stale code (protocol.payload,
+"By-value functions").
 
 In process: what ``dumps_call`` sends and what ``loads_call`` gives back.
 Then a script run as ``__main__`` against an embedded cluster, which changes
@@ -64,7 +65,7 @@ def pickles(monkeypatch):
 
 # -- the cache is used ----------------------------------------------------------
 
-def test_a_main_function_is_pickled_once_and_unpickled_once(pickles):
+def test_a_main_function_is_pickled_once_and_kept_by_a_worker(pickles):
     main = in_main("def double(x):\n    return 2 * x\n")
     frames = [payload.dumps_call(main["double"], (0,), {})]
     first = dict(pickles)
