@@ -8,7 +8,7 @@ two references that are not pools of processes: bare pyzmq through the same hops
 
 Writes bench/results/latest.json and latest.md (or --output PREFIX.json and
 .md). Every comparison is a ratio measured in the same run, because shared
-machines are noisy; the table marks each of issue 5's targets as met or not.
+machines are noisy; the table marks each of issues 5's and 19's targets as met or not.
 
 The workloads with many queued calls (a million queued, dispatch cost by
 queue length) run each in a fresh interpreter (bench/queued.py), so that one
@@ -95,9 +95,17 @@ def _loky_executor() -> cf.Executor:
     return loky.get_reusable_executor(WORKERS)
 
 
-def noop_throughput(ex: cf.Executor, n: int) -> float:
+def noop_in_main() -> Callable:
+    """``tasks.noop`` as a script defines it: cloudpickle sends functions of
+    ``__main__`` by value, where it sends importable ones by reference."""
+    namespace = {"__name__": "__main__"}
+    exec("def noop(x=None):\n    return x\n", namespace)
+    return namespace["noop"]
+
+
+def noop_throughput(ex: cf.Executor, n: int, fn: Callable = tasks.noop) -> float:
     start = time.perf_counter()
-    futures = [ex.submit(tasks.noop, i) for i in range(n)]
+    futures = [ex.submit(fn, i) for i in range(n)]
     for future in cf.as_completed(futures):
         future.result()
     return n / (time.perf_counter() - start)
@@ -181,14 +189,26 @@ def startup(factory: Callable[[], cf.Executor]) -> float:
     return elapsed
 
 
-def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int) -> dict:
-    """The workloads that run in this process, on one pool."""
+def measure(factory: Callable[[], cf.Executor], sizes: dict, repeats: int,
+            by_value: bool = False) -> dict:
+    """The workloads that run in this process, on one pool; with ``by_value``,
+    no-op throughput with a function of ``__main__`` too."""
     result: dict = {"startup_s": statistics.median(startup(factory) for _ in range(repeats))}
     ex = factory()
     try:
         ex.submit(tasks.noop).result()
-        result["noop_tasks_per_s"] = statistics.median(
-            noop_throughput(ex, sizes["noop"]) for _ in range(repeats))
+        if by_value:
+            # In turns, so that each ratio compares the same minute.
+            noop = noop_in_main()
+            ex.submit(noop).result()
+            turns = [(noop_throughput(ex, sizes["noop"]),
+                      noop_throughput(ex, sizes["noop"], noop)) for _ in range(repeats)]
+            result["noop_tasks_per_s"] = statistics.median(t[0] for t in turns)
+            result["noop_main_tasks_per_s"] = statistics.median(t[1] for t in turns)
+            result["noop_main_ratio"] = statistics.median(t[1] / t[0] for t in turns)
+        else:
+            result["noop_tasks_per_s"] = statistics.median(
+                noop_throughput(ex, sizes["noop"]) for _ in range(repeats))
         result["map_items_per_s"] = statistics.median(
             map_throughput(ex, sizes["map_unchunked"], 1) for _ in range(repeats))
         result["map_chunk1000_items_per_s"] = statistics.median(
@@ -308,6 +328,10 @@ def rows(sizes: dict) -> list[tuple[str, str, str]]:
         ("startup_s", "↓ startup to 1st result (s)", "{:.2f}"),
         ("noop_tasks_per_s", f"↑ no-op submit+as_completed, {sizes['noop']:,} (tasks/s)",
          "{:,.0f}"),
+        ("noop_main_tasks_per_s", f"↑ no-op submit+as_completed, {sizes['noop']:,}, function "
+         "defined in __main__, sent by value (tasks/s)", "{:,.0f}"),
+        ("noop_main_ratio", "↑ no-op, function in __main__ ÷ importable function, same turns",
+         "{:.2f}"),
         ("map_items_per_s", f"↑ map {sizes['map_unchunked']:,} items, chunksize=1 (items/s)",
          "{:,.0f}"),
         ("map_chunk1000_items_per_s", f"↑ map {sizes['map']:,} items, chunksize=1000 (items/s)",
@@ -336,13 +360,18 @@ def rows(sizes: dict) -> list[tuple[str, str, str]]:
     ]
 
 
-# Issue 5's targets: key -> [(text, peer or None, test of zeropool's value
-# (and the peer's))]. A target whose peer did not run is left out.
-TARGETS: dict[str, list[tuple[str, str | None, Callable]]] = {
+# Issue 5's targets, and issue 19's for a function of __main__: key -> [(text,
+# peer or None, test of zeropool's value (and the peer's), and the peer's key
+# if not the same)]. A target whose peer did not run is left out.
+TARGETS: dict[str, list[tuple]] = {
     "startup_s": [("≤ 1 s", None, lambda z: z <= 1.0)],
     "noop_tasks_per_s": [("≥ 5× PPE", PPE, lambda z, p: z >= 5 * p),
                          ("≥ 10× loky", "loky", lambda z, p: z >= 10 * p),
                          ("≥ 50× Dask", "dask", lambda z, p: z >= 50 * p)],
+    # PPE cannot pickle a function of __main__ that it did not fork with.
+    "noop_main_tasks_per_s": [("≥ 5× PPE's importable", PPE, lambda z, p: z >= 5 * p,
+                               "noop_tasks_per_s")],
+    "noop_main_ratio": [("≥ 0.9", None, lambda z: z >= 0.9)],
     "map_chunk1000_items_per_s": [("≥ 1× PPE", PPE, lambda z, p: z >= p)],
     "p50_us": [("≤ PPE", PPE, lambda z, p: z <= p),
                ("≤ 1/20 Dask", "dask", lambda z, p: z <= p / 20)],
@@ -364,15 +393,16 @@ def verdicts(results: dict) -> dict[str, list[dict]]:
     ours = results.get("zeropool", {})
     found: dict[str, list[dict]] = {}
     for key, targets in TARGETS.items():
-        for text, peer, test in targets:
-            if peer is not None and key not in results.get(peer, {}):
+        for text, peer, test, *peer_key in targets:
+            theirs = peer_key[0] if peer_key else key
+            if peer is not None and theirs not in results.get(peer, {}):
                 continue
             if key not in ours:
                 met = None
             elif peer is None:
                 met = bool(test(ours[key]))
             else:
-                met = bool(test(ours[key], results[peer][key]))
+                met = bool(test(ours[key], results[peer][theirs]))
             found.setdefault(key, []).append({"target": text, "met": met})
     return found
 
@@ -380,14 +410,14 @@ def verdicts(results: dict) -> dict[str, list[dict]]:
 def markdown(results: dict, sizes: dict, targets: dict) -> str:
     names = list(results)
     others = [n for n in names if n != "zeropool"] if "zeropool" in results else []
-    header = ["measure", *names, *(f"zeropool ÷ {n}" for n in others), "issue 5 target: met?"]
+    header = ["measure", *names, *(f"zeropool ÷ {n}" for n in others), "target: met?"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for key, label, fmt in rows(sizes):
         if not any(key in results[n] for n in names):
             continue
         cells = [fmt.format(results[n][key]) if key in results[n] else "—" for n in names]
         ours = results.get("zeropool", {}).get(key)
-        if key.endswith("_growth"):
+        if key.endswith(("_growth", "_ratio")):
             ours = None  # a ratio of ratios says nothing
         for n in others:
             theirs = results[n].get(key)
@@ -452,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.only and name not in args.only:
             continue
         print(f"measuring {name} ...", file=sys.stderr, flush=True)
-        results[name] = measure(factory, sizes, repeats)
+        results[name] = measure(factory, sizes, repeats, by_value=name == "zeropool")
         if name in QUEUED_POOLS:
             results[name].update(measure_queued(name, sizes))
     # The references' columns last.
@@ -473,7 +503,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{about['cpus']} CPUs, load average {about['load_average'][0]:.2f} at the "
                 f"start; Python {about['python']}, {versions}; {WORKERS} workers × 1 thread. "
                 "↑: higher is better, ↓: lower. Each throughput, round-trip and bandwidth "
-                f"figure is the median of {repeats} runs. Dispatch per task: wall time to run "
+                f"figure is the median of {repeats} runs. The no-op rows with a function "
+                "defined in __main__ (which cloudpickle sends by value) run for zeropool "
+                "only, in turns with the importable function's; the ratio is the median "
+                "of the turns' ratios. Dispatch per task: wall time to run "
                 f"{sizes['slice']:,} no-op calls from the head of a queue that stays at least "
                 "N long (all queued behind blockers first), the median of "
                 f"{sizes['slices']} such slices in a row; broker CPU per task: the "
