@@ -178,6 +178,7 @@ class Agent:
         self._task_time: float | None = None  # moving average of task run times
         self._task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
         self._draining = False
+        self._drain_announced = False
         self._drain_confirmed = False
         self._stop_now = False
         self._broker_seen = 0.0
@@ -220,7 +221,6 @@ class Agent:
 
     def _serve(self, wake_read: int) -> Exit:
         self._connect()
-        announced_drain = False
         poller, lent_poller, polled = None, None, None
         while True:
             if polled is not self._socket:  # a new connection: new pollers
@@ -284,15 +284,8 @@ class Agent:
             if self._runner.waiting:
                 self._give_back_waiting()
             self._check_recycle(finished=False)
-            if self._draining and not announced_drain:
-                if self._runner.waiting:  # other workers may run them now
-                    self._give_back(0, list(self._runner.waiting))
-                # A recycling is told in one line, by the supervisor.
-                log.log(logging.DEBUG if self._recycle else logging.INFO,
-                        "draining: finishing %d running task(s), taking no new ones",
-                        len(self._running))
-                self._send(Drain())
-                announced_drain = True
+            if self._draining and not self._drain_announced:
+                self._announce_drain()
             # Leave once the broker has confirmed it sends nothing more (so no
             # task is on its way here) and every task has been answered.
             if self._drain_confirmed and not self._running:
@@ -652,6 +645,10 @@ class Agent:
                 self._forget_idle_clients()
             if results:  # before the credit: a process to replace asks for none
                 self._check_recycle(finished=True)
+                if self._draining and not self._drain_announced:
+                    # Before the results: once a client has one, it may submit
+                    # more, which the broker must not send here.
+                    self._announce_drain()
             credit = self._grant()
             for row in printed:
                 row[3] = "".join(row[3])
@@ -679,6 +676,16 @@ class Agent:
         self._send_results()
         self._send(Bye("a task ran past its timeout; this process is replaced"))
         return Exit.TIMEOUT
+
+    def _announce_drain(self) -> None:
+        """Tell the broker to send nothing more; give back what waits here."""
+        self._drain_announced = True
+        if self._runner.waiting:  # other workers may run them now
+            self._give_back(0, list(self._runner.waiting))
+        # A recycling is told in one line, by the supervisor.
+        log.log(logging.DEBUG if self._recycle else logging.INFO,
+                "draining: finishing %d running task(s), taking no new ones", len(self._running))
+        self._send(Drain())
 
     def _check_recycle(self, finished: bool) -> None:
         """Drain, to be replaced, once every task this process may run has
