@@ -45,8 +45,8 @@ class _Submitting(_BaseExecutor):
         ``chunksize`` > 1 items travel and run in chunks of that size; with
         ``buffersize``, at most that many calls (or chunks) are submitted ahead
         of the results taken, so ``iterables`` may be endless (Python 3.14's)."""
-        fs, rest, chunked = _start_map(self, fn, iterables, chunksize, buffersize)
         end_time = None if timeout is None else timeout + time.monotonic()
+        fs, rest, chunked = _start_map(self, fn, iterables, chunksize, buffersize)
         if rest is None:
             fs = list(fs)
         else:
