@@ -16,11 +16,12 @@ import zmq
 
 import zeropool
 from zeropool.broker.status import query
-from zeropool.protocol import PROTOCOL_VERSION, Bye, Dispatch, Op, Welcome, decode, encode, pack_payload
+from zeropool.protocol import PROTOCOL_VERSION, Bye, Dispatch, Op, Welcome
 from zeropool.protocol.payload import dumps_call
 from tests import crash_tasks as tasks
 from tests import helpers
 from tests.helpers import wait_until
+from tests.peer import Peer, packed_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHORT = ("--heartbeat-interval", "0.2", "--liveness", "3", "--log-level", "INFO")
@@ -102,9 +103,9 @@ def test_a_worker_told_bye_once_its_parent_is_gone_stops_quietly(programs, tmp_p
     its loop sleeps in poll, so that the loop's poll returns (with nothing)
     and waits; the pipe closes and the BYE arrives meanwhile; then the task
     lets go, and the loop reads the BYE before it polls again."""
-    context = zmq.Context()
-    broker = context.socket(zmq.ROUTER)  # a broker by hand, to send the BYE when it must
-    port = broker.bind_to_random_port("tcp://127.0.0.1")
+    broker = Peer(zmq.ROUTER)  # a broker by hand, to send the BYE when it must
+    address = broker.bind()
+    port = int(address.rsplit(":", 1)[1])
     watch_read, watch_write = os.pipe()
     fifo, mark = str(tmp_path / "stall"), str(tmp_path / "stalled")
     os.mkfifo(fifo)
@@ -112,26 +113,26 @@ def test_a_worker_told_bye_once_its_parent_is_gone_stops_quietly(programs, tmp_p
     log_path = tmp_path / "worker.log"
     try:
         with open(log_path, "w") as log:
-            worker = programs.worker(f"tcp://127.0.0.1:{port}", "--watch-fd", str(watch_read),
+            worker = programs.worker(address, "--watch-fd", str(watch_read),
                                      "--path", REPO, "--log-level", "INFO",
                                      pass_fds=(watch_read,), stderr=log)
         os.close(watch_read)
-        assert broker.poll(30_000), "no HELLO from the worker"
-        worker_id, *frames = broker.recv_multipart()
-        assert decode(frames)[0].op is Op.HELLO
-        broker.send_multipart([worker_id, *encode(Welcome(PROTOCOL_VERSION, 1.0, 120, 1 << 30))])
-        nframes, inline, payload = pack_payload(
-            dumps_call(tasks.stall_main_loop_until_told, (fifo, mark), {}))
-        broker.send_multipart([worker_id, *encode(Dispatch([[b"c-test", 1, nframes, inline]]),
-                                                  payload)])
+        hello = broker.receive(30)
+        assert hello is not None, "no HELLO from the worker"
+        assert hello.message.op is Op.HELLO
+        worker_id = hello.sender
+        broker.send(Welcome(PROTOCOL_VERSION, 1.0, 120, 1 << 30), to=worker_id)
+        rows, payload = packed_rows(
+            [[b"c-test", 1]], [dumps_call(tasks.stall_main_loop_until_told, (fifo, mark), {})])
+        broker.send(Dispatch(rows), payload, to=worker_id)
         wait_until(lambda: os.path.exists(mark), 30, what="the task to start")
         futex = tasks.FUTEX_SYSCALLS[os.uname().machine]
         wait_until(lambda: tasks.main_thread_syscall(worker.pid) in futex, 30,
                    what="the worker's loop to leave poll and wait for the GIL")
         os.close(watch_write)  # the embedding process is gone...
         watch_write = None
-        broker.send_multipart([worker_id, *encode(Bye("broker stopping"))])  # ...then its broker
-        context.destroy(linger=10_000)  # returns once the BYE is sent
+        broker.send(Bye("broker stopping"), to=worker_id)  # ...then its broker
+        broker.close(linger=10)  # returns once the BYE is sent
         wait_until(lambda: all(state != "01" and unread == 0  # not ESTABLISHED, all read
                                for state, unread in tcp_unread(port)), 30,
                    what="the worker's ZeroMQ to have read the BYE")
@@ -141,7 +142,7 @@ def test_a_worker_told_bye_once_its_parent_is_gone_stops_quietly(programs, tmp_p
         os.close(release)
         if watch_write is not None:
             os.close(watch_write)
-        context.destroy(linger=0)
+        broker.close()
     log = log_path.read_text()
     assert "parent process has exited; stopping" in log, log
     assert "WARNING" not in log and "ERROR" not in log, log
