@@ -1,7 +1,12 @@
-"""A one-thread worker lends its socket to its task thread between lone tasks
-(worker.agent, "Lending the socket"): its loop must take the socket back
-whenever there is more to do, so nothing a worker owes the broker or the
-client waits for a task to end."""
+"""A one-thread worker keeps answering around its tasks: it reports a long
+task's start and streams its output while it runs, and drains on SIGTERM or
+reconnects to a restarted broker between tasks.
+
+What makes this hard: a one-thread worker lends its socket to its task thread
+between lone tasks (worker.agent, "Lending the socket"), and its loop must
+take the socket back whenever there is more to do, so nothing a worker owes
+the broker or the client waits for a task to end. The tests drive the worker
+into that state first."""
 from __future__ import annotations
 
 import signal

@@ -1,8 +1,9 @@
-"""Workers prefetch short tasks; that must change no semantics.
+"""Tasks waiting on a worker (dispatched, not started) keep every promise.
 
-A worker that has seen short tasks asks for more tasks than it has threads.
-Cancelling reaches tasks waiting on a worker, and tasks stuck behind a long
-one are given back for idle workers to run.
+A worker that has seen short tasks asks for more tasks than it has threads
+(it prefetches), so tasks wait on it behind a running one. Cancelling reaches
+them and they never run; those stuck behind a long one are given back for
+idle workers to run; those of a killed worker run once elsewhere.
 """
 from __future__ import annotations
 
