@@ -26,9 +26,9 @@ class Received(NamedTuple):
 
 
 class Peer:
-    """A DEALER (or ROUTER) speaking the protocol; it sends no heartbeats of
-    its own, so brokers it joins need a liveness window longer than the test
-    unless its connection alone keeps it alive (see broker.server, "Liveness")."""
+    """A DEALER (or ROUTER) speaking the protocol. It sends no heartbeats of
+    its own: a broker keeps it for as long as its connection lives (see
+    broker.server, "Liveness")."""
 
     def __init__(self, kind: int = zmq.DEALER, identity: bytes | None = None,
                  context: zmq.Context | None = None) -> None:
