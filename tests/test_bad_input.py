@@ -6,11 +6,11 @@ import os
 import pickle
 
 import pytest
-import zmq
 
 import zeropool
-from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role, decode, encode
+from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role
 from tests import helpers
+from tests.peer import Peer
 
 
 @pytest.fixture(scope="module")
@@ -48,18 +48,14 @@ def test_module_the_worker_cannot_import_fails_with_its_error_and_traceback(exec
 
 
 def test_wrong_protocol_version_is_refused_with_the_brokers_version(executor, shared_cluster):
-    context = zmq.Context()
-    try:
-        sock = context.socket(zmq.DEALER)
-        sock.connect(shared_cluster)
-        sock.send_multipart(encode(Hello(Role.CLIENT, PROTOCOL_VERSION + 41, pid=os.getpid(),
-                                         host="old")))
-        assert sock.poll(30_000), "no answer to a HELLO of another version"
-        reply, _ = decode(sock.recv_multipart(copy=False))
+    with Peer() as old:
+        old.connect(shared_cluster)
+        old.send(Hello(Role.CLIENT, PROTOCOL_VERSION + 41, pid=os.getpid(), host="old"))
+        answer = old.receive(30)
+        assert answer is not None, "no answer to a HELLO of another version"
+        reply = answer.message
         assert reply.op is Op.REFUSED and reply.version == PROTOCOL_VERSION
         assert f"speaks zeropool protocol {PROTOCOL_VERSION}" in reply.reason
-    finally:
-        context.destroy(linger=0)
     next_task_succeeds(executor)
 
 

@@ -10,48 +10,15 @@ waited for longer than it takes to find a dead worker.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import zmq
 
-from zeropool.protocol import (
-    PROTOCOL_VERSION, Cancel, CancelReply, Drain, Hello, Op, Role, Submit, Withdrawn, decode,
-    encode, pack_payload,
-)
+from zeropool.protocol import Cancel, CancelReply, Drain, Op, Submit, Withdrawn
 from zeropool.protocol.payload import dumps_call
 from tests import helpers
-
-
-class RawPeer:
-    """A DEALER that speaks the wire by hand and sends no heartbeats (its
-    connection is what keeps it alive to the broker)."""
-
-    def __init__(self, context: zmq.Context, address: str, name: bytes) -> None:
-        self.name = name
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.setsockopt(zmq.ROUTING_ID, name)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        self.socket.connect(address)
-
-    def send(self, message, payload=()) -> None:
-        self.socket.send_multipart(encode(message, payload))
-
-    def receive_until(self, op: Op, timeout: float = 30) -> list:
-        """Every message up to and including the first of kind ``op``."""
-        seen = []
-        while True:
-            assert self.socket.poll(timeout * 1000), f"{self.name!r}: no {op.value}"
-            message, _ = decode(self.socket.recv_multipart())
-            seen.append(message)
-            if message.op is op:
-                return seen
-
-    def join(self, role: Role, credit: int = 0) -> None:
-        self.send(Hello(role, PROTOCOL_VERSION, credit=credit, pid=os.getpid(), host="raw",
-                        threads=1 if role is Role.WORKER else 0))
-        self.receive_until(Op.WELCOME)
+from tests.peer import Peer, packed_rows
 
 
 @pytest.fixture
@@ -60,23 +27,22 @@ def peers(programs):
     _, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "3",
                                  "--log-level", "WARNING")
     context = zmq.Context()
-    yield lambda name: RawPeer(context, address, name)
+    # Raw peers send no heartbeats: their connections keep them alive.
+    yield lambda name: Peer(identity=name, context=context).connect(address)
     context.destroy(linger=0)
 
 
-def submit(client: RawPeer, task_ids) -> None:
-    rows, payload = [], []
-    for task_id in task_ids:
-        nframes, inline, frames = pack_payload(dumps_call(helpers.square, (task_id,), {}))
-        rows.append([task_id, nframes, inline])
-        payload += frames
+def submit(client: Peer, task_ids) -> None:
+    task_ids = list(task_ids)
+    rows, payload = packed_rows([[i] for i in task_ids],
+                                [dumps_call(helpers.square, (i,), {}) for i in task_ids])
     client.send(Submit(rows), payload)
 
 
 def test_a_queued_only_cancel_drops_what_no_free_slot_takes_and_withdraws_nothing(peers):
     worker, client = peers(b"raw-worker"), peers(b"raw-client")
-    worker.join(Role.WORKER, credit=2)
-    client.join(Role.CLIENT)
+    worker.join_as_worker(credit=2)
+    client.join_as_client()
     # Back to back: the broker may read both in one pass, before it has
     # dispatched anything. The worker's two free slots take the first two all the same.
     submit(client, range(1, 6))
@@ -96,8 +62,8 @@ def test_a_cancel_waits_for_a_held_up_worker_no_longer_than_for_a_dead_one(peers
     stays connected: the cancel is answered without them; their late return
     requeues them (a second cancel then finds them queued)."""
     worker, client = peers(b"raw-worker"), peers(b"raw-client")
-    worker.join(Role.WORKER, credit=2)
-    client.join(Role.CLIENT)
+    worker.join_as_worker(credit=2)
+    client.join_as_client()
     submit(client, [1, 2])
     worker.receive_until(Op.DISPATCH)
     asked_at = time.monotonic()

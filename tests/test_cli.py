@@ -123,26 +123,17 @@ def test_worker_processes_do_not_outlive_a_killed_supervisor(programs):
 
 def test_supervisor_stops_when_the_broker_refuses_its_workers(programs):
     import zmq
-    from zeropool.protocol import Refused, decode, encode
-    context = zmq.Context()
-    router = context.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    supervisor = programs.worker(f"tcp://127.0.0.1:{port}", "--processes", "2",
-                                 "--log-level", "ERROR")
-    refused = 0
-    try:
+    from zeropool.protocol import Refused
+    from tests.peer import Peer
+    with Peer(zmq.ROUTER) as broker:  # a broker by hand that refuses everyone
+        supervisor = programs.worker(broker.bind(), "--processes", "2", "--log-level", "ERROR")
+        refused = 0
         while supervisor.poll() is None and refused < 50:
-            if router.poll(200):
-                peer, *frames = router.recv_multipart()
-                decode(frames)
-                router.send_multipart([peer, *encode(Refused("wrong version", 99))])
+            if hello := broker.receive(0.2):
+                broker.send(Refused("wrong version", 99), to=hello.sender)
                 refused += 1
         assert supervisor.wait(30) == 4
         assert refused <= 4  # it stopped instead of restarting refused workers
-    finally:
-        router.close()
-        context.term()
 
 
 def test_a_bad_address_fails_at_once_with_the_reason():

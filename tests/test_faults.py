@@ -20,6 +20,7 @@ import time
 import pytest
 
 import zeropool
+from zeropool.broker.status import query
 from tests import helpers
 from tests.helpers import wait_until
 
@@ -178,10 +179,16 @@ def test_dead_clients_queue_is_dropped(programs, tmp_path):
         assert doomed.stdout.readline().strip() == "queued"
         peak = helpers.rss_kib(broker.pid)
         assert peak - idle > 20_000  # 20,000 queued tasks of 2 kB each
+        report = query(address, None, 30)
+        assert (report["queued"], len(report["clients"])) == (19999, 1), report
         doomed.kill()
         doomed.wait()
-        wait_until(lambda: "dropped its 19999 queued task(s)" in log_path.read_text(), 30,
-                   what="the broker to drop the dead client")
+
+        def dropped() -> bool:
+            report = query(address, None, 30)
+            return (report["queued"], report["clients"]) == (0, [])
+
+        wait_until(dropped, 30, interval=0.1, what="the broker to drop the dead client")
         # Its memory goes back to (nearly) the idle level.
         wait_until(lambda: helpers.rss_kib(broker.pid) - idle < (peak - idle) / 4, 10,
                    what="the broker's memory to return to its idle level")
@@ -287,7 +294,8 @@ def test_second_signal_stops_a_worker_at_once_and_its_task_runs_elsewhere(progra
         wait_until(lambda: os.path.exists(started), 30, what="the task to start")
         leaving.send_signal(signal.SIGTERM)
         # Two signals sent at once may reach the process as one.
-        wait_until(lambda: "draining" in log_path.read_text(), 30, what="the drain to begin")
+        wait_until(lambda: [w["draining"] for w in query(address, None, 5)["workers"]] == [True],
+                   30, what="the drain to begin")
         leaving.send_signal(signal.SIGTERM)
         assert leaving.wait(30) == 0
         os.remove(started)

@@ -74,7 +74,15 @@ def test_cli_worker_recycles_after_max_tasks_per_child(programs, tmp_path):
     for pid in per_pid:
         assert f"INFO worker process {pid} ran 3 tasks; replacing it" in text, text
     assert "ERROR" not in text and "WARNING" not in text, text
+    # The three left the broker, losing nothing, and a fresh process serves.
+    def fresh_one_alone() -> bool:
+        pids = [w["pid"] for w in query(address, None, 5)["workers"]]
+        return len(pids) == 1 and pids[0] not in per_pid
+
+    wait_until(fresh_one_alone, 30, what="the broker to know only the fresh worker process")
     assert query(address, None, 5)["requeued"] == 0
+    # Its BYE's reason: the one sign that each left in order rather than
+    # vanished (the broker's report shows both alike once it notices).
     assert "worker recycled" in broker_log()
 
 

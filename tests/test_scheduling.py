@@ -235,7 +235,7 @@ def test_a_worker_starts_what_waits_there_highest_priority_first(programs, tmp_p
     """The worker side, against a raw broker: tasks dispatched behind a running
     one start by priority, FIFO among equals."""
     import zmq
-    from tests.test_prefetch import Peer
+    from tests.peer import Peer
     from zeropool.protocol import (
         PROTOCOL_VERSION, Dispatch, Op, Role, TaskOptions, Welcome, pack_payload)
     from zeropool.protocol.payload import dumps_call

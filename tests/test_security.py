@@ -12,17 +12,17 @@ import stat
 import subprocess
 
 import pytest
-import zmq
 
 import zeropool
 from zeropool.broker.__main__ import is_loopback
 from zeropool.client import BrokerUnreachable, Executor, Security
-from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role, Submit, decode, encode, pack_payload
+from zeropool.protocol import PROTOCOL_VERSION, Hello, Op, Role, Submit
 from zeropool.protocol.payload import dumps_call
 from zeropool.protocol.security import HandshakeWatch
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
+from tests.peer import Peer, packed_rows
 
 FAST = ("--heartbeat-interval", "0.2", "--liveness", "5")
 
@@ -71,17 +71,14 @@ def read(path) -> str:
 def intrude(address: str, sec: Security | None, marker: str) -> str:
     """Say HELLO and submit a call that creates ``marker``, from a raw socket;
     return why the handshake failed (it must fail)."""
-    context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
-    try:
+    with Peer() as intruder:
         if sec is not None:
-            sec.apply(sock)
-        watch = HandshakeWatch(sock, sec)
-        sock.connect(address)
-        sock.send_multipart(encode(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(),
-                                         host="intruder")))
-        nframes, inline, frames = pack_payload(dumps_call(helpers.touch, (marker,), {}))
-        sock.send_multipart(encode(Submit([[1, nframes, inline]]), frames))
+            sec.apply(intruder.socket)
+        watch = HandshakeWatch(intruder.socket, sec)
+        intruder.connect(address)
+        intruder.send(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(), host="intruder"))
+        rows, payload = touch_row(marker)
+        intruder.send(Submit(rows), payload)
         reasons = []
 
         def failed() -> bool:
@@ -89,11 +86,14 @@ def intrude(address: str, sec: Security | None, marker: str) -> str:
             return reasons[-1] is not None
 
         wait_until(failed, 15, what="the handshake to fail")
-        assert not sock.poll(0), "the broker answered a peer it should refuse"
+        assert not intruder.socket.poll(0), "the broker answered a peer it should refuse"
         watch.close()
         return reasons[-1]
-    finally:
-        context.destroy(linger=0)
+
+
+def touch_row(marker: str) -> tuple[list, list]:
+    """A SUBMIT row (task 1) for a call that creates ``marker``, and its payload."""
+    return packed_rows([[1]], [dumps_call(helpers.touch, (marker,), {})])
 
 
 def test_keygen_writes_key_pairs_and_never_overwrites(keys):
@@ -280,28 +280,16 @@ def test_a_revoked_key_gets_nothing_run_even_on_its_open_connection(secure, keys
     address, _ = secure
     _, authorized = keys
     marker = str(tmp_path / "ran-after-revocation")
-    context = zmq.Context()
-    try:
-        sock = context.socket(zmq.DEALER)
-        security(keys, "client").apply(sock)
-        sock.connect(address)
-        hello = encode(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(), host="revoked"))
-        sock.send_multipart(hello)
-        assert sock.poll(30_000) and decode(sock.recv_multipart())[0].op is Op.WELCOME
+    with Peer() as revoked:
+        security(keys, "client").apply(revoked.socket)
+        revoked.join_as_client(address, host="revoked")
         os.remove(authorized / "client.key")
-        replies = []
-        helpers.wait_until(lambda: sock.poll(0) and replies.append(
-            decode(sock.recv_multipart())[0]) or any(r.op is Op.REFUSED for r in replies), 30,
-            what="the broker to refuse the revoked connection")
+        revoked.expect(Op.REFUSED)  # the broker refuses the revoked connection
         # The same connection says HELLO again and submits: refused, and nothing runs.
-        nframes, inline, frames = pack_payload(dumps_call(helpers.touch, (marker,), {}))
-        sock.send_multipart(hello)
-        sock.send_multipart(encode(Submit([[1, nframes, inline]]), frames))
-        helpers.wait_until(lambda: sock.poll(0) and replies.append(
-            decode(sock.recv_multipart())[0]) or sum(r.op is Op.REFUSED for r in replies) >= 2,
-            30, what="the second refusal")
-    finally:
-        context.destroy(linger=0)
+        revoked.send(Hello(Role.CLIENT, PROTOCOL_VERSION, pid=os.getpid(), host="revoked"))
+        rows, payload = touch_row(marker)
+        revoked.send(Submit(rows), payload)
+        revoked.expect(Op.REFUSED)  # the second refusal
     # A round trip with another authorized key through the same broker and worker.
     with Executor(address=address, security=security(keys, "worker")) as ex:
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9

@@ -1,8 +1,9 @@
-"""Workers prefetch short tasks; that must change no semantics.
+"""Tasks waiting on a worker (dispatched, not started) keep every promise.
 
-A worker that has seen short tasks asks for more tasks than it has threads.
-Cancelling reaches tasks waiting on a worker, and tasks stuck behind a long
-one are given back for idle workers to run.
+A worker that has seen short tasks asks for more tasks than it has threads
+(it prefetches), so tasks wait on it behind a running one. Cancelling reaches
+them and they never run; those stuck behind a long one are given back for
+idle workers to run; those of a killed worker run once elsewhere.
 """
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import zmq
 
 import zeropool
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Cancel, Dispatch, Heartbeat, Hello, Op, Role, Status, Submit, Welcome,
-    Withdraw, Withdrawn, WorkerResults, decode, encode, pack_payload,
+    PROTOCOL_VERSION, Cancel, Dispatch, Heartbeat, Op, Role, Status, Submit, Welcome, Withdraw,
+    Withdrawn, WorkerResults,
 )
 from zeropool.protocol.payload import dumps_call, dumps_result
 from tests import helpers
 from tests.conftest import command
 from tests.helpers import wait_until
+from tests.peer import Peer, packed_rows
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -162,56 +164,12 @@ def test_prefetched_tasks_of_a_killed_worker_run_once_elsewhere(cluster, tmp_pat
     assert sum(c > 1 for c in counts.values()) <= 10
 
 
-class Peer:
-    """A raw DEALER or ROUTER speaking the protocol, for one side of a test."""
-
-    def __init__(self, kind: int, identity: bytes | None = None) -> None:
-        self.context = zmq.Context()
-        self.socket = self.context.socket(kind)
-        if identity:
-            self.socket.setsockopt(zmq.ROUTING_ID, identity)
-        self.socket.setsockopt(zmq.LINGER, 0)
-
-    def send(self, message, payload=(), to: bytes | None = None) -> None:
-        self.socket.send_multipart(([to] if to else []) + encode(message, payload))
-
-    def expect(self, op: Op, sender: Role | None = None, timeout: float = 30):
-        """The next message of kind ``op`` (others are skipped), with its payload
-        and, for a ROUTER, its sender's id."""
-        deadline = timeout * 1000
-        while self.socket.poll(deadline):
-            frames = self.socket.recv_multipart()
-            peer = frames.pop(0) if self.socket.type == zmq.ROUTER else None
-            message, payload = decode(frames, sender)
-            if message.op is op:
-                return message, payload, peer
-        raise AssertionError(f"no {op.value} within {timeout}s")
-
-    def join_as_worker(self, address: str, credit: int) -> None:
-        """Connect as a one-thread worker offering ``credit`` slots."""
-        self.socket.connect(address)
-        self.send(Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
-                        host="raw", threads=1))
-        self.expect(Op.WELCOME)
-
-    def dispatched(self, count: int) -> list:
-        """As a worker: the keys (client id, task id) of the next ``count`` tasks sent here."""
-        rows = []
-        while len(rows) < count:
-            dispatch, _, _ = self.expect(Op.DISPATCH)
-            rows += dispatch.tasks
-        return [row[:2] for row in rows]
-
-    def close(self) -> None:
-        self.context.destroy(linger=0)
-
-
 def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
     """The broker side: a worker holding tasks it has not started is asked for
     them back, and cancel() answers once it has replied."""
     # The raw worker sends no heartbeats: a liveness window longer than the test.
     _, address = programs.broker("--liveness", "120")
-    worker = Peer(zmq.DEALER, b"raw-worker")
+    worker = Peer(identity=b"raw-worker")
     try:
         worker.join_as_worker(address, credit=3)
         with zeropool.Executor(address) as ex:
@@ -241,12 +199,9 @@ def test_broker_cancels_tasks_a_worker_holds_unstarted(programs):
             thread.join(30)
             assert answers == [True, False] and not futures[2].cancelled()
 
-            results, payload = [], []
-            for (client_id, task_id), value in ((keys[0], 0), (keys[2], 4)):
-                status, frames = dumps_result(value)
-                nframes, inline, frames = pack_payload(frames)
-                results.append([client_id, task_id, int(status), nframes, inline])
-                payload += frames
+            (ok0, frames0), (ok4, frames4) = dumps_result(0), dumps_result(4)
+            results, payload = packed_rows([[*keys[0], int(ok0)], [*keys[2], int(ok4)]],
+                                           [frames0, frames4])
             worker.send(WorkerResults(results, [], 0), payload)
             assert futures[0].result(timeout=30) == 0 and futures[2].result(timeout=30) == 4
     finally:
@@ -259,7 +214,7 @@ def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
     idle one has it unstarted by then: the cancel asks there too, and
     cancel() is True."""
     _, address = programs.broker("--liveness", "120")  # raw workers send no heartbeats
-    busy, idle = Peer(zmq.DEALER, b"raw-busy"), Peer(zmq.DEALER, b"raw-idle")
+    busy, idle = Peer(identity=b"raw-busy"), Peer(identity=b"raw-idle")
     try:
         busy.join_as_worker(address, credit=2)
         with zeropool.Executor(address) as ex:
@@ -289,8 +244,8 @@ def test_a_cancel_follows_a_task_asked_back_for_an_idle_worker(programs):
             assert answers == [True] and futures[1].cancelled()
 
             status, frames = dumps_result(0)
-            nframes, inline, frames = pack_payload(frames)
-            busy.send(WorkerResults([[*keys[0], int(status), nframes, inline]], [], 0), frames)
+            results, payload = packed_rows([[*keys[0], int(status)]], [frames])
+            busy.send(WorkerResults(results, [], 0), payload)
             assert futures[0].result(timeout=30) == 0
     finally:
         busy.close()
@@ -303,17 +258,12 @@ def test_a_client_gone_while_its_cancel_waits_on_a_worker_costs_the_broker_nothi
     carries on."""
     from zeropool.broker.status import query
     broker, address = programs.broker("--heartbeat-interval", "0.2", "--liveness", "5")
-    worker, raw_client = Peer(zmq.DEALER, b"raw-worker"), Peer(zmq.DEALER, b"raw-client")
+    worker, raw_client = Peer(identity=b"raw-worker"), Peer(identity=b"raw-client")
     try:
         worker.join_as_worker(address, credit=2)
-        raw_client.socket.connect(address)
-        raw_client.send(Hello(Role.CLIENT, PROTOCOL_VERSION, init_frames=0, pid=2, host="raw"))
-        raw_client.expect(Op.WELCOME)
-        rows, payload = [], []
-        for task_id in (1, 2):
-            nframes, inline, frames = pack_payload(dumps_call(helpers.square, (task_id,), {}))
-            rows.append([task_id, nframes, inline])
-            payload += frames
+        raw_client.join_as_client(address)
+        rows, payload = packed_rows([[1], [2]],
+                                    [dumps_call(helpers.square, (i,), {}) for i in (1, 2)])
         raw_client.send(Submit(rows), payload)
         held = worker.dispatched(2)
         worker.send(WorkerResults([], [held[0]], 0))  # runs the first, holds the second
@@ -344,8 +294,7 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
     import subprocess
     broker = Peer(zmq.ROUTER)
     try:
-        port = broker.socket.bind_to_random_port("tcp://127.0.0.1")
-        process = subprocess.Popen([*command("worker"), f"tcp://127.0.0.1:{port}", "--path", REPO],
+        process = subprocess.Popen([*command("worker"), broker.bind(), "--path", REPO],
                                    stdin=subprocess.DEVNULL)
         programs.processes.append(process)
         hello, _, worker_id = broker.expect(Op.HELLO)
@@ -355,11 +304,7 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
         started, markers = str(tmp_path / "started"), [str(tmp_path / f"ran-{i}") for i in (1, 2)]
         calls = [dumps_call(helpers.touch_then_wait, (started, gate), {})]
         calls += [dumps_call(helpers.touch, (marker,), {}) for marker in markers]
-        rows, payload = [], []
-        for task_id, frames in enumerate(calls):
-            nframes, inline, frames = pack_payload(frames)
-            rows.append([b"c-test", task_id, nframes, inline])
-            payload += frames
+        rows, payload = packed_rows([[b"c-test", i] for i in range(3)], calls)
         broker.send(Dispatch(rows), payload, to=worker_id)
         wait_until(lambda: os.path.exists(started), 30, what="the first task to start")
         broker.send(Withdraw(7, [[b"c-test", 1], [b"c-test", 2]]), to=worker_id)
@@ -375,8 +320,8 @@ def test_worker_gives_back_tasks_it_has_not_started(programs, tmp_path, gate):
             news, _, _ = broker.expect(Op.RESULTS, Role.WORKER)
         assert [row[:3] for row in news.results] == [[b"c-test", 0, int(Status.OK)]]
         # One thread runs tasks in order: had they stayed, they would run before this one.
-        nframes, inline, frames = pack_payload(dumps_call(helpers.square, (3,), {}))
-        broker.send(Dispatch([[b"c-test", 3, nframes, inline]]), frames, to=worker_id)
+        rows, payload = packed_rows([[b"c-test", 3]], [dumps_call(helpers.square, (3,), {})])
+        broker.send(Dispatch(rows), payload, to=worker_id)
         news, _, _ = broker.expect(Op.RESULTS, Role.WORKER)
         while not news.results:
             news, _, _ = broker.expect(Op.RESULTS, Role.WORKER)
