@@ -27,7 +27,7 @@ from zeropool.protocol import TaskOptions
 if TYPE_CHECKING:
     from zeropool.broker.state import Task, Worker
 
-DEFAULT_OPTIONS = TaskOptions()
+DEFAULT_OPTIONS = TaskOptions.make()
 
 
 class Level:

@@ -50,6 +50,7 @@ from zeropool.protocol import (
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.defaults import python_minor
+from zeropool.protocol.messages import MAX_VERSION_SETS
 from zeropool.protocol.security import key_id
 from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
 
@@ -687,7 +688,8 @@ class Broker:
                     continue
                 silence = self._silence(peer_id)
                 if role == "worker":
-                    self._report(self.state.remove_worker(peer_id, lost=True),
+                    self._report(self.state.remove_worker(peer_id, lost=True,
+                                                          now=time.monotonic()),
                                  silence or "unreachable")
                 else:
                     self._forget_client(peer_id, silence or "is unreachable")
@@ -730,9 +732,11 @@ class Broker:
 
     def _client_heartbeat(self) -> Heartbeat:
         """The worker count, and the distinct versions the workers run."""
-        distinct = {tuple(sorted(w.versions.items())) for w in self.state.workers.values()
-                    if w.versions}
-        return Heartbeat(len(self.state.workers), versions=[dict(v) for v in sorted(distinct)])
+        distinct = {tuple((name, w.versions[name]) for name in _VERSION_NAMES
+                          if name in w.versions)
+                    for w in self.state.workers.values() if w.versions}
+        return Heartbeat(len(self.state.workers),
+                         versions=[dict(v) for v in sorted(distinct)[:MAX_VERSION_SETS]])
 
     def _note_silent(self, now: float) -> None:
         """Peers silent for a liveness window whose connections live on: they
@@ -756,7 +760,17 @@ class Broker:
     def _report(self, expired: Expired, why: str) -> None:
         """Log lost workers and fail poison tasks back to their clients."""
         self.stats.requeued += expired.requeued
-        self.stats.failed += len(expired.poisoned)
+        self.stats.failed += len(expired.poisoned) + len(expired.timed_out) + len(expired.stopped)
+        for task in expired.timed_out:
+            self._outgoing_for(task.client_id).errors.append([task.task_id, "timeout", (
+                f"the task ran longer than its timeout of {task.options.timeout:g}s and its "
+                "worker process died meanwhile (a task that holds the GIL is stopped by the "
+                "worker's watchdog, which ends the process); it is not run again")])
+        for task in expired.stopped:
+            self._outgoing_for(task.client_id).errors.append([task.task_id, "worker_lost", (
+                f"task {task.task_id} may have been running when its worker process left "
+                f"or was replaced ({why}; another task there may have run past its timeout), "
+                "and options(retries=0) forbids running it again")])
         if expired.workers and self._cancels:
             self._workers_gone(expired.workers)
         if expired.workers and why != "left":
@@ -821,6 +835,9 @@ def _text(peer_id: bytes) -> str:
 def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
+
+# What clients compare (see Hello.versions); a worker may say more.
+_VERSION_NAMES = ("python", "zeropool", "cloudpickle")
 
 _HANDLERS = {
     ("client", Op.SUBMIT): Broker.on_submit,

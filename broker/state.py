@@ -21,6 +21,9 @@ TaskKey = tuple  # (client_id: bytes, task_id: int)
 
 
 _STARTED, _SUSPECT, _DISPATCHED = 1, 2, 4  # Task.flags
+# Relative error allowed when free amounts (float sums) are compared with needs:
+# 0.1 + 0.2 taken and given back must leave room for 0.3 again.
+_ROUNDING = 1e-9
 
 
 @dataclass(slots=True, eq=False)
@@ -109,6 +112,7 @@ class Worker:
     orphans: dict = field(default_factory=dict)
     resources: dict = field(default_factory=dict)  # what each of its processes has
     free: dict = field(default_factory=dict)  # of that, what its tasks leave free
+    holding: int = 0  # its tasks (and orphans) that take resources
     versions: dict = field(default_factory=dict)  # Python, zeropool, cloudpickle (HELLO)
     python: str = ""  # its Python minor version, e.g. "3.12" ("": not said)
 
@@ -117,10 +121,10 @@ class Worker:
         return len(self.in_flight) + len(self.orphans)
 
     def fits(self, needs: tuple) -> bool:
-        """Whether it has ``needs`` free now."""
+        """Whether it has ``needs`` free now (to a rounding error of the sums)."""
         free = self.free
         for name, amount in needs:
-            if free.get(name, 0) < amount:
+            if free.get(name, 0) < amount * (1 - _ROUNDING):
                 return False
         return True
 
@@ -133,12 +137,21 @@ class Worker:
         return True
 
     def take(self, needs: tuple) -> None:
+        if needs:
+            self.holding += 1
         for name, amount in needs:
             self.free[name] -= amount
 
     def give(self, needs: tuple) -> None:
+        if not needs:
+            return
+        self.holding -= 1
+        if not self.holding:  # exact again: float sums need not come back to it
+            self.free = dict(self.resources)
+            return
+        free, resources = self.free, self.resources
         for name, amount in needs:
-            self.free[name] += amount
+            free[name] = min(free[name] + amount, resources[name])
 
 
 @dataclass(slots=True, eq=False)
@@ -181,7 +194,13 @@ class Expired:
 
     workers: list = field(default_factory=list)
     requeued: int = 0
-    poisoned: list = field(default_factory=list)  # [Task]
+    poisoned: list = field(default_factory=list)  # [Task] that took down too many workers
+    # [Task] that ran past their timeouts on a worker that died meanwhile (one
+    # whose task held the GIL is killed by its own watchdog).
+    timed_out: list = field(default_factory=list)
+    # [Task] with retries=0 that may have started on a worker that left or was
+    # replaced while they ran: they must not run again.
+    stopped: list = field(default_factory=list)
 
 
 class BrokerState:
@@ -282,11 +301,12 @@ class BrokerState:
             return "client"
         return None
 
-    def remove_worker(self, worker_id: bytes, *, lost: bool) -> Expired:
+    def remove_worker(self, worker_id: bytes, *, lost: bool, now: float | None = None) -> Expired:
         """A worker left (``lost=False``: its in-flight tasks are requeued without
-        counting against them) or died (``lost=True``: they count a try)."""
+        counting against them) or died (``lost=True``: they count a try; with
+        ``now``, those past their timeouts fail as timed out)."""
         expired = Expired()
-        self._remove_worker(worker_id, expired, lost=lost)
+        self._remove_worker(worker_id, expired, lost=lost, now=now)
         return expired
 
     def remove_client(self, client_id: bytes) -> int:
@@ -305,6 +325,7 @@ class BrokerState:
             self._unheld(task)
             worker.orphans[key] = task.options.resources
         for worker in self.workers.values():
+            worker.pythons_sent.discard(client_id)  # a client back under this id says it again
             if client_id in worker.inits_sent:
                 worker.inits_sent.discard(client_id)
                 worker.forget.append(client_id)
@@ -324,7 +345,8 @@ class BrokerState:
                     found.append(peer_id)
         return found
 
-    def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True) -> None:
+    def _remove_worker(self, worker_id: bytes, expired: Expired, lost: bool = True,
+                       now: float | None = None) -> None:
         worker = self.workers.pop(worker_id)
         self.ready.pop(worker_id, None)
         self.holders.pop(worker_id, None)
@@ -343,11 +365,19 @@ class BrokerState:
             del self.in_flight[task.key]
             self._unheld(task)
             may_have_run = worker.isolating or index < worker.threads or task.started
-            task.started = False
+            started, task.started = task.started, False
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
             client.in_flight -= 1
+            options = task.options
+            if (lost and started and options.timeout is not None and now is not None
+                    and now - task.time >= options.timeout):  # dispatched then, started later
+                expired.timed_out.append(task)
+                continue
+            if not lost and may_have_run and options.retries == 0:
+                expired.stopped.append(task)
+                continue
             if lost:
                 task.suspect = True
             if lost and may_have_run:

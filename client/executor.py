@@ -27,7 +27,7 @@ log = logging.getLogger("zeropool.client")
 
 ENV_ADDRESS = "ZEROPOOL_ADDRESS"
 TASK_OUTPUT = ("plain", "prefix", None)
-DEFAULT_OPTIONS = TaskOptions()
+DEFAULT_OPTIONS = TaskOptions.make()
 
 __all__ = ["Executor", "ExecutorView", "current_executor"]
 
@@ -226,6 +226,10 @@ class Executor(_Submitting):
 
     def _submit(self, fn: Callable, args: tuple, kwargs: dict,
                 options: TaskOptions | None) -> Future:
+        if self._session.nested:
+            # A task that waited without its slot takes it back first, holding
+            # no lock: the task whose slot it waits for may be submitting too.
+            context.settle()
         with self._shutdown_lock:
             if self._session.broken is not None:
                 raise self._session.broken

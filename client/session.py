@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable
 import zmq
 
 from zeropool.client.errors import (
-    BrokerUnreachable, InitializerError, UnsatisfiableWarning, VersionMismatchWarning,
-    WorkerLostError,
+    BrokerUnreachable, InitializerError, TaskTimeoutError, UnsatisfiableWarning,
+    VersionMismatchWarning, WorkerLostError,
 )
 from zeropool.protocol import (
     PROTOCOL_VERSION, Bye, Cancel, CancelReply, ClientResults, Error, Heartbeat, Hello, Op,
@@ -144,8 +144,9 @@ class _NestedWaiters(list):
     """A nested future's waiters (``Future._waiters``): ``concurrent.futures.wait``
     and ``as_completed`` add theirs before they block and remove them after,
     which tells the task running on this thread to give its slot back
-    meanwhile. The slot is taken back at the task's next submit or result(),
-    not here: this runs under the future's lock, where blocking is unsafe."""
+    meanwhile. The slot is taken back at the task's next submit, result() or
+    exception(), not here: this runs under the future's lock, where blocking
+    is unsafe."""
 
     __slots__ = ()
 
@@ -169,6 +170,7 @@ class NestedFuture(TaskFuture):
 
     def result(self, timeout: float | None = None) -> Any:
         if self.done():
+            context.settle()  # after wait() or as_completed(): the slot first
             return super().result(timeout)
         context.wait_begins()
         try:
@@ -178,6 +180,7 @@ class NestedFuture(TaskFuture):
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if self.done():
+            context.settle()
             return super().exception(timeout)
         context.wait_begins()
         try:
@@ -272,8 +275,6 @@ class Session:
     def submit(self, fn: Callable, args: tuple, kwargs: dict,
                options: TaskOptions | None = None) -> TaskFuture:
         """Send a call; ``options``: its TaskOptions, if not the default."""
-        if self.nested:
-            context.settle()  # a task that waited without its slot takes it back first
         try:
             frames = dumps_call(fn, args, kwargs)  # raises before anything is recorded
         except Exception as exc:
@@ -921,7 +922,7 @@ def _cancel(future: TaskFuture) -> None:
 
 
 # The errors the broker reports for a task, by code; any other code: BrokerUnreachable.
-_BROKER_ERRORS = {"worker_lost": WorkerLostError}
+_BROKER_ERRORS = {"worker_lost": WorkerLostError, "timeout": TaskTimeoutError}
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 

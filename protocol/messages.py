@@ -146,6 +146,9 @@ MIN_PRIORITY, MAX_PRIORITY = -(1 << 31), (1 << 31) - 1
 MAX_RESOURCE_NAME = 64
 MAX_RESOURCES = 64
 MAX_RETRIES = 1000
+# Resource amounts: any a machine has (64e9 bytes of memory, say), and exact
+# as floats, which the broker adds up; msgpack cannot carry ints past 2**64.
+MAX_AMOUNT = float(1 << 53)
 MAX_VERSION_SETS = 256
 
 
@@ -165,9 +168,9 @@ def check_resources(value: Any, what: str) -> dict[str, float]:
         if isinstance(amount, bool) or not isinstance(amount, (int, float)):
             raise TypeError(f"{what}: the amount of {name!r} must be a number, not "
                             f"{type(amount).__name__}")
-        if not 0 <= amount < float("inf"):
-            raise ValueError(f"{what}: the amount of {name!r} must be a finite number >= 0, "
-                             f"not {amount!r}")
+        if not 0 <= amount <= MAX_AMOUNT:
+            raise ValueError(f"{what}: the amount of {name!r} must be a number from 0 to "
+                             f"{MAX_AMOUNT:g}, not {amount!r}")
         amounts[name] = amount
     return amounts
 
@@ -210,6 +213,8 @@ class TaskOptions:
                 raise TypeError(f"retries must be an int or None, not {type(retries).__name__}")
             if not 0 <= retries <= MAX_RETRIES:
                 raise ValueError(f"retries must be between 0 and {MAX_RETRIES}, not {retries}")
+        if not priority and not needs and timeout is None and retries is None:
+            return _DEFAULT_OPTIONS  # one object: the broker tells default tasks by identity
         return cls(priority, needs, timeout, retries)
 
     @property

@@ -380,3 +380,26 @@ def record_then_exit(directory):
     """Leave a file for this run, then kill the worker process."""
     touch(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"))
     os._exit(1)
+
+
+def nested_waits_then_submits(directory):
+    """Submits, waits with concurrent.futures.wait (giving its slot back), then,
+    once the task that took its slot runs, submits again (taking it back)."""
+    import concurrent.futures
+    from zeropool import current_executor
+    ex = current_executor()
+    concurrent.futures.wait([ex.submit(identity, 1)])
+    touch(os.path.join(directory, "waited"))
+    wait_for_file(os.path.join(directory, "stand-in-started"))
+    touch(os.path.join(directory, "waiter-submits"))
+    return ex.submit(identity, 2).result()
+
+
+def nested_stand_in(directory):
+    """Runs in the slot the task above gave back, and submits while that task
+    waits for its slot again."""
+    from zeropool import current_executor
+    touch(os.path.join(directory, "stand-in-started"))
+    wait_for_file(os.path.join(directory, "waiter-submits"))
+    time.sleep(0.2)  # lets the other task reach its submit first: the case that deadlocked
+    return current_executor().submit(identity, 3).result()

@@ -45,20 +45,26 @@ def test_a_task_past_its_timeout_fails_and_the_pool_goes_on(programs):
 
 
 def test_the_other_tasks_of_a_stopped_process_run_again_without_counting_a_try(programs, tmp_path, gate):
-    address, _ = start(programs, "--processes", "1", "--threads", "2")
+    address, _ = start(programs, "--processes", "1", "--threads", "3")
     runs = tmp_path / "runs"
     runs.mkdir()
+    once = str(tmp_path / "once")
     with zeropool.Executor(address) as ex:
-        # retries=0: had the stop counted against it, it would fail at once.
         # It waits until it has run twice: in this process, then in the fresh one.
-        neighbour = ex.options(retries=0).submit(helpers.pid_when_all_present, str(runs), 2)
-        wait_until(lambda: len(os.listdir(runs)) == 1, 30, what="the neighbour to start")
+        neighbour = ex.submit(helpers.pid_when_all_present, str(runs), 2)
+        # retries=0: it must never run twice, so it fails instead.
+        never_twice = ex.options(retries=0).submit(helpers.touch_then_wait, once, gate)
+        wait_until(lambda: len(os.listdir(runs)) == 1 and os.path.exists(once), 30,
+                   what="the neighbours to start")
         first_pid = int(os.listdir(runs)[0])
         spinner = ex.options(timeout=0.5).submit(helpers.spin)
         with pytest.raises(zeropool.TaskTimeoutError):
             spinner.result(timeout=60)
         wait_until(lambda: not alive(first_pid), 30, what="the process to be replaced")
         assert neighbour.result(timeout=60) != first_pid
+        with pytest.raises(zeropool.WorkerLostError, match="retries=0"):
+            never_twice.result(timeout=60)
+    assert query(address, None, 5)["requeued"] == 1
 
 
 def test_shutdown_with_a_task_past_its_timeout_does_not_hang(programs):

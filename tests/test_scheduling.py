@@ -262,3 +262,16 @@ def test_a_worker_starts_what_waits_there_highest_priority_first(programs, tmp_p
         assert lines(log) == ["high", "h2", "a", "b", "z"]
     finally:
         broker.close()
+
+
+def test_a_task_taking_its_slot_back_does_not_block_the_one_in_it_from_submitting(programs,
+                                                                                  tmp_path):
+    """One thread: a task that waited with wait() takes its slot back at its
+    next submit, while the task that ran in that slot submits too."""
+    address = start(programs, ("--threads", "1"))
+    with zeropool.Executor(address) as ex:
+        waiter = ex.submit(helpers.nested_waits_then_submits, str(tmp_path))
+        wait_until(lambda: os.path.exists(tmp_path / "waited"), 30, what="the waiter's wait")
+        stand_in = ex.submit(helpers.nested_stand_in, str(tmp_path))
+        assert stand_in.result(timeout=60) == 3
+        assert waiter.result(timeout=60) == 2

@@ -289,3 +289,36 @@ def check_bookkeeping(state: BrokerState) -> None:
     held = sum(1 for key, worker_id in state.in_flight.items()
                if state.workers[worker_id].in_flight[key].options.priority)
     assert held == sum(state._held_priorities.values())
+
+
+def test_a_worker_that_leaves_charges_no_try_but_stops_what_must_not_run_twice():
+    state = make_state()
+    state.submit(C1, 1, b"x")
+    state.submit(C1, 2, b"x", options=options_with(retries=0))
+    state.add_worker(W1, 2, 0.0, threads=2)
+    state.assign()
+    state.started(W1, (C1, 1))
+    state.started(W1, (C1, 2))
+    expired = state.remove_worker(W1, lost=False)
+    assert [t.key for t in expired.stopped] == [(C1, 2)]
+    [task] = state.queued_in_order()
+    assert task.key == (C1, 1) and task.lost_on == ()
+
+
+def test_a_task_past_its_timeout_on_a_worker_that_died_fails_as_timed_out():
+    state = make_state()
+    state.submit(C1, 1, b"x", now=0.0, options=options_with(timeout=5))
+    state.submit(C1, 2, b"x", now=0.0, options=options_with(timeout=50))
+    state.add_worker(W1, 2, 0.0, threads=2)
+    for assignment in state.assign():
+        for task in assignment.tasks:
+            task.dispatch(1.0)
+    state.started(W1, (C1, 1))
+    state.started(W1, (C1, 2))
+    expired = state.remove_worker(W1, lost=True, now=8.0)
+    assert [t.key for t in expired.timed_out] == [(C1, 1)]
+    assert [t.key for t in state.queued_in_order()] == [(C1, 2)]
+
+
+def options_with(**kwargs) -> TaskOptions:
+    return TaskOptions.make(**kwargs)
