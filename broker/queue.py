@@ -4,11 +4,13 @@
            ──> level (priority 5)          [client A: t3]                   ├─> the first level
            ──> level (priority 0)          [client C: t5 t6 ...]            ─┘   a worker can run
 
-One level per (priority, resource needs) in use, highest priority first; at
-equal priority, levels that need resources first, so that workers offering
-them do that work. A worker takes from the first level it can run (strict
-priority); within a level, clients take turns, one task each (fair share),
-and each client's tasks keep their order.
+One level per (priority, resource needs) in use, highest priority first. A
+worker takes from the first level it can run (strict priority); levels of
+one priority take turns, and within a level clients take turns, one task
+each (fair share), each client's tasks keeping their order. A level that a
+worker could run but for resources that are busy there keeps lower levels
+that need the same resources off that worker, so that a task needing a whole
+GPU is not starved by a stream of tasks needing half of it.
 
 Per task the work is O(1): a level holds a deque per client and a rotation
 of clients. A task is live while its client's ``waiting`` dict (the broker's
@@ -40,7 +42,7 @@ class Level:
         self.priority = priority
         self.needs = needs
         # Where it goes in the queue's list of levels (see the module docstring).
-        self.order = (-priority, 0 if needs else 1, order)
+        self.order = (-priority, order)
         self.queues: dict[bytes, deque] = {}
         self.rotation: deque[bytes] = deque()  # clients with tasks here, next first
         self.count = 0  # live tasks; cancelled ones wait in the deques to be skipped
@@ -145,22 +147,43 @@ class TaskQueue:
 
     def next_for(self, worker: Worker) -> tuple[Level, Task] | tuple[None, None]:
         """The level a worker takes its next task from, and that task."""
+        level = self.first_for(worker)
+        return (None, None) if level is None else (level, level.head(self.clients))
+
+    def first_for(self, worker: Worker) -> Level | None:
+        """The first level with tasks that ``worker`` can run now."""
+        reserved: set | None = None  # resources a level before waits for on this worker
         for level in self.order:
-            if not level.count or (level.needs and not worker.fits(level.needs)):
+            if not level.count:
                 continue
-            task = level.head(self.clients)
-            if task is not None:
-                return level, task
-        return None, None
+            needs = level.needs
+            if needs:
+                if reserved and any(name in reserved for name, _ in needs):
+                    continue
+                if not worker.fits(needs):
+                    if worker.could_fit(needs):
+                        reserved = (reserved or set()) | {name for name, _ in needs}
+                    continue
+            return level
+        return None
 
     def take(self, level: Level) -> bool:
         """Take the task ``next_for`` (or ``level.head``) found; whether the
-        level has tasks left."""
+        level is still the first of its priority (it has tasks left, and no
+        other level of its priority has its turn now)."""
         level.pop()
         self.count -= 1
-        if level.count:
+        if not level.count:
+            self._drop(level)
+            return False
+        order = self.order
+        index = order.index(level) if len(order) > 1 else 0
+        last = index
+        while last + 1 < len(order) and order[last + 1].priority == level.priority:
+            last += 1
+        if last == index:
             return True
-        self._drop(level)
+        order.insert(last, order.pop(index))  # behind the others of its priority
         return False
 
     def top(self) -> Level | None:

@@ -221,6 +221,9 @@ class Broker:
                     self._complaints = 0
                     self._answered.clear()
                     self.stats.sample(now)
+                    # Against a change that should have let a task go out and
+                    # did not say so: assign() looks again once an interval.
+                    self.state.dispatch_due = True
                     next_chores = now + self.heartbeat_interval
             self._say_goodbye()
         finally:

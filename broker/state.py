@@ -221,6 +221,10 @@ class BrokerState:
         # Whether credit, holders or tasks on workers changed since to_steal
         # last looked: it scans the ready workers, so it looks again only then.
         self._steal_due = False
+        # Whether anything that could let a queued task go out changed since
+        # assign() last found nothing to give: tasks waiting for resources or
+        # a free worker would make every pass walk every ready worker.
+        self.dispatch_due = True
         # Priorities of the tasks on workers, but 0, by how many: whether a task
         # just queued outranks one waiting on a worker (see to_preempt).
         self._held_priorities: Counter = Counter()
@@ -285,7 +289,7 @@ class BrokerState:
         self._satisfiable.clear()
         if credit:
             self.ready[worker_id] = None
-            self._steal_due = True
+            self._steal_due = self.dispatch_due = True
         return worker, expired
 
     def seen(self, peer_id: bytes, now: float) -> None:
@@ -317,6 +321,7 @@ class BrokerState:
             return 0
         if client.waiting:
             self.queue.drop_client(client_id, client.waiting.values())
+            self.dispatch_due = True
         # Its running tasks are forgotten too: their results are dropped, and a
         # client that comes back under the same id starts afresh.
         for key in [k for k in self.in_flight if k[0] == client_id]:
@@ -403,9 +408,9 @@ class BrokerState:
                 self._note_outranking(0)
             self.queue.push_default(task)
             client.waiting[task_id] = task
+            self.dispatch_due = True
             return True
         task = OptionedTask(client_id, task_id, frames, time=now, options=options)
-        self._note_outranking(options.priority)
         self._queue(task)
         return True
 
@@ -435,6 +440,7 @@ class BrokerState:
                 task.frames = []  # it stays in the deque until popped; its payload need not
                 cancelled.append(task_id)
                 self.queue.remove(task)
+        self.dispatch_due = True  # a task some worker waited for (a suspect) may be gone
         return cancelled
 
     def add_credit(self, worker_id: bytes, credit: int) -> None:
@@ -444,7 +450,7 @@ class BrokerState:
         worker.credit += credit
         if worker.credit > 0:
             self.ready[worker_id] = None
-            self._steal_due = True
+            self._steal_due = self.dispatch_due = True
 
     def drop_credit(self, worker_id: bytes) -> None:
         """The worker takes back the credit it offered and the broker has not used."""
@@ -467,6 +473,9 @@ class BrokerState:
         its credit), so one worker does not take a small queue whole while
         another idles; rounds repeat while tasks and credit remain.
         """
+        if not self.dispatch_due:
+            return []
+        self.dispatch_due = False
         assignments: dict[bytes, Assignment] = {}
         while self.queued_count and self.ready:
             before = self.queued_count
@@ -507,8 +516,10 @@ class BrokerState:
             more = self.queue.take(level)
             self._hand(task, worker, assignment)
             taken += 1
-            # The same level stays first for this worker until it runs dry or
-            # its resources do: levels before it were empty or did not fit.
+            # The same level stays first for this worker until it runs dry, its
+            # resources do, or another level of its priority has its turn:
+            # levels before it were empty or did not fit, and resources only
+            # get scarcer here.
             if not more or (level.needs and not worker.fits(level.needs)):
                 task = None
             else:
@@ -612,7 +623,7 @@ class BrokerState:
             task = worker.in_flight.pop(key)
             self._unheld(task, worker)
             worker.isolating = False
-            self._steal_due = True
+            self._steal_due = self.dispatch_due = True
             client = self.clients.get(task.client_id)
             if client is None:
                 continue
@@ -630,7 +641,7 @@ class BrokerState:
         if key not in worker.orphans:
             return False
         worker.give(worker.orphans.pop(key))
-        self._steal_due = True
+        self._steal_due = self.dispatch_due = True
         return True
 
     def finish(self, worker_id: bytes, key: TaskKey) -> Task | None:
@@ -644,7 +655,7 @@ class BrokerState:
             self._unheld(task, worker)
         worker.isolating = False
         worker.done += 1
-        self._steal_due = True  # a thread of its may be free now
+        self._steal_due = self.dispatch_due = True  # a thread of its may be free now
         client = self.clients.get(task.client_id)
         if client is None:
             return None
@@ -653,6 +664,10 @@ class BrokerState:
         return task
 
     def _queue(self, task: Task, front: bool = False) -> None:
+        """Queue a task with options, or one given back (or whose worker is gone)."""
+        self.dispatch_due = True
+        if task.options is not DEFAULT_OPTIONS or self._held_priorities:
+            self._note_outranking(task.options.priority)
         self.queue.push(task, front)
         self.clients[task.client_id].waiting[task.task_id] = task
 
@@ -674,18 +689,18 @@ class BrokerState:
         (worker id, keys) to ask back, so that the higher one runs first there.
 
         Costs nothing per task: it looks only after a task was queued above
-        the lowest priority on workers. Only workers that could run the
-        highest queued task are asked.
+        the lowest priority on workers. Each worker is compared with the
+        first level it can run now.
         """
         if not self._preempt_due:
             return []
         self._preempt_due = False
-        top = self.queue.top()
-        if top is None:
-            return []
         found = []
         for worker_id, worker in self.workers.items():
-            if worker.draining or (top.needs and not worker.could_fit(top.needs)):
+            if worker.draining or not worker.in_flight:
+                continue
+            top = self.queue.first_for(worker)  # what it would run next
+            if top is None:
                 continue
             keys = [key for key, task in worker.in_flight.items()
                     if not task.started and task.options.priority < top.priority]

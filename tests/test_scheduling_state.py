@@ -113,13 +113,43 @@ def test_priority_holds_among_the_tasks_a_worker_can_run():
     assert dispatched(state) == {W2: [(C1, 1), (C1, 3)]}
 
 
-def test_at_equal_priority_a_worker_with_resources_does_the_work_that_needs_them_first():
+def test_levels_of_one_priority_take_turns_so_resources_do_not_cost_fair_share():
+    """A client whose tasks ask for memory every worker has must not shut out
+    another client's plain tasks of the same priority."""
+    state = make_state(C1, C2)
+    for task_id in range(3000):
+        state.submit(C1, task_id, b"x", options=options(mem=1e6))
+    for task_id in range(10):
+        state.submit(C2, task_id, b"x")
+    state.add_worker(W1, 20, 0.0, resources={"mem": 64e9})
+    sent = dispatched(state)[W1]
+    assert [key for key in sent if key[0] == C2] == [(C2, t) for t in range(10)]
+
+
+def test_a_task_needing_more_of_a_busy_resource_is_not_starved_by_smaller_ones():
     state = make_state()
-    for task_id in range(5):
+    state.submit(C1, 1, b"x", options=options(0, gpu=1))
+    state.add_worker(W1, 10, 0.0, resources={"gpu": 2})
+    assert dispatched(state) == {W1: [(C1, 1)]}
+    state.submit(C1, 2, b"x", options=options(9, gpu=2))  # waits for both
+    for task_id in range(3, 8):
+        state.submit(C1, task_id, b"x", options=options(0, gpu=1))
+    state.submit(C1, 8, b"x")  # needs no gpu: still runs
+    assert dispatched(state) == {W1: [(C1, 8)]}  # not one gpu=1 task goes ahead of it
+    state.finish(W1, (C1, 1))
+    assert dispatched(state) == {W1: [(C1, 2)]}
+
+
+def test_a_worker_is_asked_back_for_what_the_first_task_it_can_run_outranks():
+    state = make_state()
+    for task_id in range(3):
         state.submit(C1, task_id, b"x")
-    state.submit(C1, 9, b"x", options=options(gpu=1))
-    state.add_worker(W1, 1, 0.0, resources={"gpu": 1})
-    assert dispatched(state) == {W1: [(C1, 9)]}
+    state.add_worker(W1, 3, 0.0, threads=1)  # no gpu
+    assert dispatched(state) == {W1: [(C1, 0), (C1, 1), (C1, 2)]}
+    state.started(W1, (C1, 0))
+    state.submit(C1, 10, b"x", options=options(9, gpu=1))  # it cannot run that one...
+    state.submit(C1, 11, b"x", options=options(5))  # ...but this one
+    assert state.to_preempt() == [(W1, [(C1, 1), (C1, 2)])]
 
 
 def test_unsatisfiable_needs_are_known_until_a_worker_with_them_joins():
@@ -263,6 +293,7 @@ def test_scheduling_invariants_hold_whatever_happens(script):
         for assignment in state.assign():
             check_dispatch_order(state, assignment)
         check_bookkeeping(state)
+        check_nothing_left_that_could_go(state)
 
 
 def check_dispatch_order(state: BrokerState, assignment) -> None:
@@ -272,6 +303,17 @@ def check_dispatch_order(state: BrokerState, assignment) -> None:
     for task in state.queued_in_order():
         if not task.options.resources:
             assert task.options.priority <= sent, (task, assignment.tasks)
+
+
+def check_nothing_left_that_could_go(state: BrokerState) -> None:
+    """After assign(), no worker with credit could take a queued task (but a
+    task that must run alone, while that worker holds others)."""
+    for worker in state.workers.values():
+        if worker.credit <= 0 or worker.draining or worker.isolating:
+            continue
+        level = state.queue.first_for(worker)
+        task = level.head(state.clients) if level is not None else None
+        assert task is None or (task.suspect and worker.in_flight), (task, worker)
 
 
 def check_bookkeeping(state: BrokerState) -> None:
