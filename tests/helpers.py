@@ -380,3 +380,10 @@ def record_then_exit(directory):
     """Leave a file for this run, then kill the worker process."""
     touch(os.path.join(directory, f"{os.getpid()}-{time.monotonic_ns()}"))
     os._exit(1)
+
+
+def hold_the_gil():
+    """Runs for hours without ever letting the GIL go: a catastrophic regex
+    backtracks (2**40 ways) inside one C call, which checks for nothing."""
+    import re
+    return re.match(r"(a+)+$", "a" * 40 + "b")
