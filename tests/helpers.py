@@ -403,3 +403,10 @@ def nested_stand_in(directory):
     wait_for_file(os.path.join(directory, "waiter-submits"))
     time.sleep(0.2)  # lets the other task reach its submit first: the case that deadlocked
     return current_executor().submit(identity, 3).result()
+
+
+def hold_the_gil():
+    """Runs for hours without ever letting the GIL go: a catastrophic regex
+    backtracks (2**40 ways) inside one C call, which checks for nothing."""
+    import re
+    return re.match(r"(a+)+$", "a" * 40 + "b")

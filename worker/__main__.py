@@ -16,7 +16,9 @@ log = logging.getLogger("zeropool.worker")
 RET_OK = 0  # drained and left, or stopped by a signal
 RET_USAGE = 2  # bad command line (argparse's own code)
 # Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone;
-# 6, 7 and 8, recycled, only pass between a worker process and its supervisor).
+# 6, 7 and 8, recycled, only pass between a worker process and its supervisor). 1 is also
+# how faulthandler ends a process whose task held the GIL past its timeout (worker.runner.
+# BACKSTOP_GRACE): after its stacks on stderr, so a supervisor restarts it as after a crash.
 
 
 def _env_int(name: str, default: int | None) -> int | None:

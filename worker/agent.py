@@ -79,7 +79,7 @@ from zeropool.protocol.security import HandshakeWatch, Security, close_watched
 from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, readable, recv_frames, send_frames
 from zeropool.protocol.waker import Waker
 from zeropool.worker.memory import rss
-from zeropool.worker.runner import Runner
+from zeropool.worker.runner import BACKSTOP_GRACE, Runner
 
 log = logging.getLogger("zeropool.worker")
 
@@ -107,6 +107,11 @@ START_REPORT_AFTER = 0.001
 # The loop takes a lent socket back after this long without a task, so that
 # an idle worker's loop stops waking every GIVE_BACK_AFTER.
 LEND_IDLE = 1.0
+# A process leaving because a task timed out waits up to this long for its
+# last messages (the TaskTimeoutError, BYE) to leave; other exits drop what
+# is queued at once. Longer only delays the replacement when the broker is
+# unreachable.
+TIMEOUT_LINGER = 1.0
 
 
 class Exit(enum.IntEnum):
@@ -355,7 +360,9 @@ class Agent:
 
     def _close_socket(self) -> None:
         self._take_back("its connection closes")
-        close_watched(self._socket, self._handshake)
+        close_watched(None, self._handshake)
+        if self._socket is not None:
+            self._socket.close()  # with its own LINGER: 0, or TIMEOUT_LINGER on the way out
         self._socket = self._handshake = None
 
     def _read_all(self) -> Exit | None:
@@ -675,6 +682,10 @@ class Agent:
                         len(self._running) - len(overdue))
         self._send_results()
         self._send(Bye("a task ran past its timeout; this process is replaced"))
+        # They leave as the socket closes (see _close_socket). The backstop,
+        # set for this exit now, ends it even if a task takes the GIL meanwhile.
+        self._socket.setsockopt(zmq.LINGER, int(TIMEOUT_LINGER * 1000))
+        self._runner.leave_within(TIMEOUT_LINGER + BACKSTOP_GRACE)
         return Exit.TIMEOUT
 
     def _announce_drain(self) -> None:

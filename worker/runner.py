@@ -6,7 +6,9 @@ SystemExit and KeyboardInterrupt included: each becomes the task's error."""
 from __future__ import annotations
 
 import collections
+import faulthandler
 import logging
+import os
 import platform
 import queue
 import sys
@@ -25,6 +27,14 @@ log = logging.getLogger("zeropool.worker")
 # Characters of task output per event: one event always fits a message.
 OUTPUT_CHUNK = 1 << 13
 _STOP = object()  # Runner._next: the threads are told to stop
+# The I/O loop enforces timeouts, but only while it gets the GIL: a task that
+# keeps it (a C call, a catastrophic regex) would overstay for ever. So while
+# tasks with deadlines run, faulthandler's watchdog thread, which needs no
+# GIL, is armed for the earliest deadline plus this: it then prints every
+# thread's stack on stderr and ends the process (exit code 1). Long enough
+# that the loop, if it runs at all, reports the timeout first and leaves
+# cleanly; the longer, the longer a task holding the GIL overstays.
+BACKSTOP_GRACE = 2.0
 
 
 class Runner:
@@ -83,6 +93,11 @@ class Runner:
         self.deadlines: dict[tuple, float] = {}
         self._task_threads: dict[tuple, int] = {}
         self.timed_out: set[tuple] = set()  # their results are the loop's to send
+        # The deadline faulthandler's watchdog is armed for (see BACKSTOP_GRACE);
+        # its timer is process-wide, and only the runner sets it.
+        self._backstop: float | None = None
+        self._leaving = False  # see leave_within: the watchdog is not the tasks' any more
+        self._stack_fd = _stderr_fd()
         output.capture(self._on_output)
         self._threads = []
         for _ in range(threads):
@@ -217,9 +232,30 @@ class Runner:
         """Holds the start lock; the I/O loop wakes to look at the new deadline."""
         timeout = self._timeouts.pop(key, None)
         if timeout is not None:
-            self.deadlines[key] = start + timeout
+            deadline = self.deadlines[key] = start + timeout
             self._task_threads[key] = threading.get_ident()
+            if self._backstop is None or deadline < self._backstop:
+                self._arm_backstop(deadline)
             self._notify()
+
+    def _arm_backstop(self, deadline: float | None) -> None:
+        """Holds the start lock: end the process at ``deadline`` plus
+        BACKSTOP_GRACE, even if a task holds the GIL (None: don't)."""
+        if self._leaving:
+            return
+        self._backstop = deadline
+        if deadline is None:
+            faulthandler.cancel_dump_traceback_later()
+        else:
+            seconds = max(deadline + BACKSTOP_GRACE - time.monotonic(), 0.001)
+            faulthandler.dump_traceback_later(seconds, exit=True, file=self._stack_fd)
+
+    def leave_within(self, seconds: float) -> None:
+        """The process is leaving (a task timed out): end it in ``seconds`` at
+        the latest, even if a task holds the GIL meanwhile."""
+        with self._start_lock:
+            self._leaving = True
+            faulthandler.dump_traceback_later(seconds, exit=True, file=self._stack_fd)
 
     def overdue(self, now: float) -> list[tuple[tuple, float, str]]:
         """Running tasks past their deadlines, as (key, timeout, where it was),
@@ -246,8 +282,10 @@ class Runner:
             if self._nested:
                 self._slot_free.notify_all()
             if self.deadlines:
-                self.deadlines.pop(key, None)
+                deadline = self.deadlines.pop(key, None)
                 self._task_threads.pop(key, None)
+                if deadline is not None and deadline == self._backstop:  # the next one, if any
+                    self._arm_backstop(min(self.deadlines.values(), default=None))
             if key in self.timed_out:
                 return  # its timeout was reported instead
         self.events.append(("done", key, status, out, time.monotonic() - start))
@@ -386,6 +424,15 @@ def _stack(thread_id: int | None) -> str:
     """Where a thread is now, as traceback text ("" if it is gone)."""
     frame = sys._current_frames().get(thread_id) if thread_id is not None else None
     return "".join(traceback.format_stack(frame)) if frame is not None else ""
+
+
+def _stderr_fd() -> int:
+    """Where the backstop prints stacks: the real stderr (tasks' prints are
+    routed), or nowhere if there is none; it stops the process all the same."""
+    try:
+        return sys.__stderr__.fileno()
+    except (AttributeError, ValueError, OSError):
+        return os.open(os.devnull, os.O_WRONLY)
 
 
 def _carries_code(frames: list) -> bool:
