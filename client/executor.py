@@ -289,6 +289,7 @@ class ExecutorView(_Submitting):
         self._session = executor._session
         self._shutdown = False
         self._futures: weakref.WeakSet = weakref.WeakSet()
+        self._futures_lock = threading.Lock()  # submitting threads add while shutdown reads
 
     def __repr__(self) -> str:
         return f"<ExecutorView of {self._executor!r} with {self._options}>"
@@ -305,7 +306,8 @@ class ExecutorView(_Submitting):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future = self._executor._submit(fn, args, kwargs, self._sent_options)
-        self._futures.add(future)
+        with self._futures_lock:
+            self._futures.add(future)
         return future
 
     submit.__doc__ = _BaseExecutor.submit.__doc__
@@ -314,7 +316,8 @@ class ExecutorView(_Submitting):
         """Refuse further calls through this view (the executor takes them
         still); with ``wait``, return once the view's calls are done."""
         self._shutdown = True
-        pending = [future for future in list(self._futures) if not future.done()]
+        with self._futures_lock:
+            pending = [future for future in self._futures if not future.done()]
         if cancel_futures:
             self._session.cancel(pending, queued_only=True)
         if wait and pending:

@@ -410,3 +410,9 @@ def hold_the_gil():
     backtracks (2**40 ways) inside one C call, which checks for nothing."""
     import re
     return re.match(r"(a+)+$", "a" * 40 + "b")
+
+
+def spin_if(spin_now):
+    if spin_now:
+        spin()
+    return spin_now

@@ -101,11 +101,15 @@ def test_retries_is_how_often_a_task_runs_again_after_its_worker_died(programs, 
         assert ex.submit(helpers.square, 3).result(timeout=30) == 9
 
 
-def test_timeouts_hold_for_map_and_nested_views(shared_cluster):
-    with zeropool.Executor(shared_cluster) as ex:
-        quick = ex.options(timeout=30)
-        assert list(quick.map(helpers.square, range(5))) == [0, 1, 4, 9, 16]
-        assert ex.options(timeout=30, priority=2)._options.timeout == 30.0
+def test_a_timeout_holds_for_map_and_for_views_taken_from_views(programs):
+    address, _ = start(programs, "--processes", "2")
+    with zeropool.Executor(address) as ex:
+        bounded = ex.options(timeout=0.5).options(priority=2)  # the timeout stays
+        results = bounded.map(helpers.spin_if, [False, True, False])
+        assert next(results) is False
+        with pytest.raises(zeropool.TaskTimeoutError):
+            next(results)
+        assert list(bounded.map(helpers.square, range(5))) == [0, 1, 4, 9, 16]
 
 
 @pytest.mark.parametrize("kwargs, error", [

@@ -275,3 +275,26 @@ def test_a_task_taking_its_slot_back_does_not_block_the_one_in_it_from_submittin
         stand_in = ex.submit(helpers.nested_stand_in, str(tmp_path))
         assert stand_in.result(timeout=60) == 3
         assert waiter.result(timeout=60) == 2
+
+
+def test_a_higher_task_asks_back_lower_ones_a_worker_holds_unstarted(programs):
+    """Against a real broker, a raw worker that holds three tasks and has
+    started one: a task of higher priority makes the broker ask for the two
+    it has not started, and it goes out first once they are back."""
+    from tests.peer import Peer
+    from zeropool.protocol import Op, Withdrawn, WorkerResults
+    _, address = programs.broker("--log-level", "WARNING")
+    ex = zeropool.Executor(address)
+    with Peer() as worker:
+        worker.join_as_worker(address, credit=3, threads=1)
+        low = [ex.submit(helpers.identity, i) for i in range(3)]
+        held = worker.dispatched(3)
+        worker.send(WorkerResults([], started=[held[0]]))
+        high = ex.options(priority=5).submit(helpers.identity, 99)
+        ask, _, _ = worker.expect(Op.WITHDRAW)
+        assert sorted(map(tuple, ask.tasks)) == sorted(map(tuple, held[1:]))
+        worker.send(Withdrawn(ask.request_id, ask.tasks, credit=1))
+        dispatch, _, _ = worker.expect(Op.DISPATCH)
+        assert [row[1] for row in dispatch.tasks][0] == held[-1][1] + 1  # the high one first
+    ex.kill_workers()  # the raw worker runs nothing: let go of its tasks (no process signalled)
+    assert all(f.done() for f in low + [high])
