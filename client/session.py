@@ -169,22 +169,18 @@ class NestedFuture(TaskFuture):
         self._waiters = _NestedWaiters()
 
     def result(self, timeout: float | None = None) -> Any:
-        if self.done():
-            context.settle()  # after wait() or as_completed(): the slot first
-            return super().result(timeout)
-        context.wait_begins()
-        try:
-            return super().result(timeout)
-        finally:
-            context.wait_ends()
+        return self._wait(Future.result, timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
+        return self._wait(Future.exception, timeout)
+
+    def _wait(self, wait: Callable, timeout: float | None) -> Any:
         if self.done():
-            context.settle()
-            return super().exception(timeout)
+            context.settle()  # after wait() or as_completed(): the slot first
+            return wait(self, timeout)
         context.wait_begins()
         try:
-            return super().exception(timeout)
+            return wait(self, timeout)
         finally:
             context.wait_ends()
 
