@@ -578,7 +578,10 @@ class BrokerState:
             waiting = worker.occupied - worker.threads
             if waiting <= 0 or worker.draining:
                 continue  # its tasks run now; a draining worker gives them back itself
-            keys = [key for key, task in worker.in_flight.items() if not task.started]
+            # Not those that need resources: the idle worker may lack them, and
+            # they would only go out again to where they were.
+            keys = [key for key, task in worker.in_flight.items()
+                    if not task.started and not task.options.resources]
             if keys:
                 found.append((worker_id, keys))
                 free -= waiting

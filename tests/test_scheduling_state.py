@@ -364,3 +364,16 @@ def test_a_task_past_its_timeout_on_a_worker_that_died_fails_as_timed_out():
 
 def options_with(**kwargs) -> TaskOptions:
     return TaskOptions.make(**kwargs)
+
+
+def test_tasks_needing_resources_are_not_asked_back_for_a_worker_that_may_lack_them():
+    state = make_state()
+    state.submit(C1, 1, b"x", options=options(gpu=1))
+    state.submit(C1, 2, b"x", options=options(gpu=1))
+    state.submit(C1, 3, b"x")
+    state.submit(C1, 4, b"x")
+    state.add_worker(W1, 4, 0.0, threads=1, resources={"gpu": 2})
+    state.assign()
+    state.started(W1, (C1, 1))
+    state.add_worker(W2, 1, 0.0, threads=1)  # idle, no gpu
+    assert state.to_steal() == [(W1, [(C1, 3), (C1, 4)])]
