@@ -502,6 +502,35 @@ class BrokerState:
         return [a for a in assignments.values() if a.tasks]
 
     def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
+        if len(self.queue.order) == 1 and not worker.isolating:
+            taken = self._fill_plain(worker, assignment, count)
+        else:
+            taken = self._fill_levels(worker, assignment, count)
+        worker.credit -= taken
+        if worker.occupied > worker.threads:
+            self.holders[worker.worker_id] = None
+            self._steal_due = True
+
+    def _fill_plain(self, worker: Worker, assignment: Assignment, count: int) -> int:
+        """``_fill`` while only default tasks are queued (nearly always): the
+        default level alone, its head taken and handed out inline."""
+        level = self.queue.default
+        clients = self.clients
+        taken = 0
+        while taken < count and level.count:
+            task = level.head(clients)
+            if task.suspect:
+                if worker.in_flight:
+                    break  # it must run alone, and order holds behind it
+                worker.isolating = True
+            self.queue.take(level)
+            self._hand(task, worker, assignment)
+            taken += 1
+            if worker.isolating:
+                break
+        return taken
+
+    def _fill_levels(self, worker: Worker, assignment: Assignment, count: int) -> int:
         taken = 0
         level, task = None, None
         while taken < count and not worker.isolating:
@@ -524,10 +553,7 @@ class BrokerState:
                 task = None
             else:
                 task = level.head(self.clients)
-        worker.credit -= taken
-        if worker.occupied > worker.threads:
-            self.holders[worker.worker_id] = None
-            self._steal_due = True
+        return taken
 
     def _hand(self, task: Task, worker: Worker, assignment: Assignment) -> None:
         """A task taken from its level goes to ``worker``, in ``assignment``."""

@@ -249,12 +249,6 @@ _DEFAULT_OPTIONS = TaskOptions()
 _OPTION_NAMES = frozenset({"priority", "resources", "timeout", "retries"})
 
 
-def _task_options(row: list, index: int) -> None:
-    """Rows may carry TaskOptions (a map on the wire) at ``index``: parsed in place."""
-    if len(row) > index:
-        row[index] = TaskOptions.from_wire(row[index])
-
-
 class Message:
     """Base of all message kinds: ``header()`` to the wire, ``parse()`` from it."""
 
@@ -393,7 +387,8 @@ class Submit(Message):
         for row in rows:
             _check_uint(row[0], "task id")
             _check_payload(row[1], row[2])
-            _task_options(row, 3)
+            if len(row) == 4:
+                row[3] = TaskOptions.from_wire(row[3])
         return cls(rows)
 
 
@@ -477,7 +472,8 @@ class Dispatch(Message):
             _check_peer_id(row[0])
             _check_uint(row[1], "task id")
             _check_payload(row[2], row[3])
-            _task_options(row, 4)
+            if len(row) == 5:
+                row[4] = TaskOptions.from_wire(row[4])
         inits = _rows(header, "inits", 2)
         for client_id, nframes in inits:
             _check_peer_id(client_id)

@@ -275,7 +275,8 @@ class Runner:
             status, out = self.run(key[0], frames)
         finally:
             output.running(None)
-            context.task_ended()
+            if self._nested:  # only a task that gave its slot back has anything to end
+                context.task_ended()
         with self._start_lock:
             del self.running[key]
             self.seceded.discard(key)  # it ended without taking its slot back
