@@ -3,6 +3,7 @@ per worker, clients taking turns, and asking back what a higher task outranks.""
 from __future__ import annotations
 
 import pytest
+from hypothesis import example, given, settings, strategies as st
 
 from zeropool.broker.state import BrokerState
 from zeropool.protocol import TaskOptions
@@ -241,7 +242,6 @@ def test_bad_options_are_refused_with_a_clear_error(bad, error):
 
 # -- invariants under any sequence of events ---------------------------------------------
 
-from hypothesis import example, given, settings, strategies as st  # noqa: E402
 
 CLIENTS = [C1, C2, C3]
 WORKERS = {W1: {}, W2: {"gpu": 2}}
