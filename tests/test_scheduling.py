@@ -298,3 +298,21 @@ def test_a_higher_task_asks_back_lower_ones_a_worker_holds_unstarted(programs):
         assert [row[1] for row in dispatch.tasks][0] == held[-1][1] + 1  # the high one first
     ex.kill_workers()  # the raw worker runs nothing: let go of its tasks (no process signalled)
     assert all(f.done() for f in low + [high])
+
+
+def test_priorities_hold_among_tasks_waiting_for_a_busy_resource(programs, tmp_path, gate):
+    address = start(programs, ("--threads", "2", "--resources", "gpu=1"))
+    log, mark = str(tmp_path / "log"), str(tmp_path / "blocker")
+    with zeropool.Executor(address) as ex:
+        gpu = ex.options(resources={"gpu": 1})
+        blocker = gpu.submit(helpers.touch_then_wait, mark, gate)
+        wait_until(lambda: os.path.exists(mark), 30, what="the gpu to be taken")
+        low = gpu.submit(helpers.record_start, log, "low-gpu")
+        high = gpu.options(priority=9).submit(helpers.record_start, log, "high-gpu")
+        # The worker's other thread is free: work that needs no gpu goes on.
+        assert ex.options(priority=5).submit(helpers.record_start, log, "plain").result(
+            timeout=30) == "plain"
+        assert lines(log) == ["plain"]
+        open(gate, "w").close()
+        assert blocker.result(timeout=30) and high.result(timeout=30) and low.result(timeout=30)
+    assert lines(log) == ["plain", "high-gpu", "low-gpu"]
