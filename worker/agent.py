@@ -51,6 +51,14 @@ whose memory has grown past the limit after a task, drains as on SIGTERM:
 it gives back what it holds unstarted, finishes what runs, says goodbye,
 and exits with Exit.RECYCLE or Exit.RECYCLE_MEMORY, for its supervisor to
 start a fresh one. Nothing is requeued as lost, nothing runs twice.
+
+Timeouts (task options): the loop wakes at the earliest deadline of the
+tasks running; one past it is answered with TaskTimeoutError, the broker is
+told goodbye (it requeues the rest without counting a try), and the process
+exits with Exit.TIMEOUT to be replaced, which stops the task's thread. A task
+that keeps the GIL keeps this loop from running: the runner's faulthandler
+watchdog ends the process then. Nested tasks: a task waiting on its own
+futures gives its slot back (Runner), offered to the broker as credit.
 """
 from __future__ import annotations
 
