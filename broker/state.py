@@ -578,19 +578,24 @@ class BrokerState:
         assignment.tasks.append(task)
 
     def to_steal(self) -> list[tuple[bytes, list]]:
-        """With the queue empty and threads free on workers with credit, the
-        tasks that other workers may hold waiting: (worker id, keys) to ask
-        back, from as many workers as it takes to cover the free threads.
+        """With threads free on workers with credit that nothing queued can
+        use (after assign(): the queue is empty, or holds only tasks those
+        workers cannot run, such as tasks waiting for resources), the tasks
+        that other workers may hold waiting: (worker id, keys) to ask back,
+        from as many workers as it takes to cover the free threads.
 
         Keys are those the worker has not said it started; it gives back only
-        those still waiting. Costs nothing per task: it looks only when the
-        queue is empty, some worker was given more tasks than threads, and
-        credit, holders or tasks on workers changed since it last looked.
+        those still waiting. Costs nothing per task: it looks only when some
+        worker was given more tasks than threads, and credit, holders or tasks
+        on workers changed since it last looked.
         """
-        if self.queued_count or not self.holders or not self.ready or not self._steal_due:
+        if not self.holders or not self.ready or not self._steal_due:
             return []
-        self._steal_due = False
         workers = self.workers
+        if self.queued_count and any(self.queue.first_for(workers[worker_id]) is not None
+                                     for worker_id in self.ready):
+            return []  # the queue has work for them: assign() gives it
+        self._steal_due = False
         free = 0
         for worker_id in self.ready:
             worker = workers[worker_id]

@@ -377,3 +377,16 @@ def test_tasks_needing_resources_are_not_asked_back_for_a_worker_that_may_lack_t
     state.started(W1, (C1, 1))
     state.add_worker(W2, 1, 0.0, threads=1)  # idle, no gpu
     assert state.to_steal() == [(W1, [(C1, 3), (C1, 4)])]
+
+
+def test_an_idle_worker_gets_held_tasks_back_while_the_queue_waits_for_resources():
+    state = make_state()
+    for task_id in range(4):
+        state.submit(C1, task_id, b"x")
+    state.add_worker(W1, 4, 0.0, threads=1)
+    state.assign()
+    state.started(W1, (C1, 0))
+    state.submit(C1, 9, b"x", options=options(tpu=1))  # no worker has one: it stays queued
+    state.add_worker(W2, 1, 0.0, threads=1)
+    assert state.assign() == []  # nothing queued that W2 can run...
+    assert state.to_steal() == [(W1, [(C1, 1), (C1, 2), (C1, 3)])]  # ...so it asks W1 back
