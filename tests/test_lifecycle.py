@@ -2,7 +2,6 @@
 workers (a timed-out task's process is replaced for real)."""
 from __future__ import annotations
 
-import concurrent.futures as cf
 import os
 import time
 

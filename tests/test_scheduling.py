@@ -237,7 +237,7 @@ def test_a_worker_starts_what_waits_there_highest_priority_first(programs, tmp_p
     import zmq
     from tests.peer import Peer
     from zeropool.protocol import (
-        PROTOCOL_VERSION, Dispatch, Op, Role, TaskOptions, Welcome, pack_payload)
+        PROTOCOL_VERSION, Dispatch, Op, TaskOptions, Welcome, pack_payload)
     from zeropool.protocol.payload import dumps_call
     broker = Peer(zmq.ROUTER)
     try:
