@@ -10,26 +10,16 @@ from typing import Sequence
 import msgpack
 
 from zeropool.protocol.defaults import INLINE_MAX
-from zeropool.protocol.messages import (
-    Bye, Cancel, CancelReply, ClientResults, Dispatch, Drain, Error, Heartbeat, Hello, Message,
-    Op, ProtocolError, Refused, Role, Stats, StatsReply, Submit, TaskOptions, Welcome, Withdraw,
-    Withdrawn, WorkerResults, short_repr,
-)
+from zeropool.protocol.messages import Message, Op, Role, TaskOptions
+from zeropool.protocol.wire import KINDS, ProtocolError, short_repr
 
 # Headers are ids and counts; 16 MiB holds batches of ~500k entries.
 MAX_HEADER_SIZE = 16 << 20
 
-# RESULTS means a different header in each direction.
-_FROM_WORKER = {Op.RESULTS: WorkerResults}
-_TO_CLIENT = {Op.RESULTS: ClientResults}
-_KINDS: dict[Op, type[Message]] = {
-    Op.HELLO: Hello, Op.WELCOME: Welcome, Op.REFUSED: Refused, Op.SUBMIT: Submit,
-    Op.CANCEL: Cancel, Op.CANCEL_REPLY: CancelReply, Op.DISPATCH: Dispatch,
-    Op.HEARTBEAT: Heartbeat, Op.DRAIN: Drain, Op.BYE: Bye, Op.ERROR: Error,
-    Op.STATS: Stats, Op.STATS_REPLY: StatsReply, Op.WITHDRAW: Withdraw,
-    Op.WITHDRAWN: Withdrawn,
-}
 _OPS = {op.value: op for op in Op}
+# RESULTS means a different header in each direction.
+_RESULTS = {Role.WORKER: KINDS[Op.RESULTS, Role.WORKER], None: KINDS[Op.RESULTS, Role.CLIENT],
+            Role.CLIENT: KINDS[Op.RESULTS, Role.CLIENT]}
 
 
 def _wire(value: object) -> object:
@@ -71,10 +61,7 @@ def decode(frames: Sequence, sender: Role | None = None) -> tuple[Message, list]
     op = _OPS.get(value) if type(value) is str else None
     if op is None:
         raise ProtocolError(f"unknown op {short_repr(value)}")
-    if op is Op.RESULTS:
-        kind = (_FROM_WORKER if sender is Role.WORKER else _TO_CLIENT)[op]
-    else:
-        kind = _KINDS[op]
+    kind = _RESULTS[sender] if op is Op.RESULTS else KINDS[op]
     return kind.parse(header), list(frames[1:])
 
 
