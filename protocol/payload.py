@@ -23,6 +23,8 @@ cloudpickle alone would have sent):
   changed; the call carries those bytes, and each worker unpickles them again
   only when they differ or the copy it kept has changed. See "By-value
   functions" below for what counts as a change.
+  A ``map(chunksize=n)`` chunk carries its function the same way, once per
+  chunk as its pickle, not pickled into the chunk.
 - Arguments and results made only of builtin values (numbers, strings, bytes,
   builtin containers) are pickled by the stdlib's C pickler without
   cloudpickle's per-pickle set-up; anything else goes to cloudpickle.
@@ -282,6 +284,10 @@ def loads(frames: Sequence) -> Any:
 
 def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
     """Frames for one call; raises what pickling raises (nothing is sent then)."""
+    if fn is run_chunk and len(args) == 2 and not kwargs:
+        frames = _dumps_chunk(*args)
+        if frames is not None:
+            return frames
     args, kwargs = _args_apart(args, kwargs)
     reference = _function_pickle(fn)
     if reference is not None:
@@ -297,6 +303,20 @@ def dumps_call(fn: Callable, args: tuple, kwargs: dict) -> list:
         if frames is not None:
             return frames
     return _dumps((fn, args, kwargs), cloudpickle.dumps)
+
+
+def _dumps_chunk(fn: Callable, chunk: Sequence[tuple]) -> list | None:
+    """A ``map(chunksize=n)`` chunk with its function as that function's own
+    pickle, kept as for a call (loads_call restores it), rather than pickled
+    into each chunk; None where it must be pickled whole with the chunk."""
+    reference = _function_pickle(fn)
+    if reference is not None:
+        return _plain_or_cloudpickle((_run_chunk_pickle(), (reference, chunk), {}))
+    entry = _value_pickle(fn)
+    if entry is None:
+        return None
+    value, snapshot = entry
+    return _dumps_apart((_run_chunk_pickle(), (value, chunk), {}), fn, snapshot)
 
 
 def _function_pickle(fn: Any) -> bytes | None:
@@ -638,6 +658,8 @@ def loads_call(frames: Sequence) -> tuple[Callable, tuple, dict]:
     fn, args, kwargs = loads(frames)
     if type(fn) is bytes:  # the function's own pickle (dumps_call)
         fn = _load_function(fn)
+        if fn is run_chunk and type(args[0]) is bytes:  # and its chunk's (_dumps_chunk)
+            args = (_load_function(args[0]), args[1])
     return fn, args, kwargs
 
 
@@ -742,3 +764,7 @@ def loads_result(status: int, frames: Sequence) -> tuple[bool, Any]:
 def run_chunk(fn: Callable, chunk: Sequence[tuple]) -> list:
     """Runs one ``map(..., chunksize=n)`` chunk on a worker."""
     return [fn(*args) for args in chunk]
+
+
+def _run_chunk_pickle() -> bytes:
+    return _function_pickle(run_chunk) or pickle.dumps(run_chunk, protocol=5)

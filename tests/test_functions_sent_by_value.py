@@ -417,3 +417,40 @@ def script_output(tmp_path_factory):
 @pytest.mark.parametrize("case", list(EXPECTED))
 def test_a_script_changing_its_functions_between_calls_runs_the_new_code(script_output, case):
     assert script_output[case] == EXPECTED[case]
+
+
+# -- map(chunksize=n): a chunk carries its function as a call does ----------------
+
+def run_chunk_as_a_worker(fn, chunk):
+    loaded, args, kwargs = payload.loads_call(payload.dumps_call(payload.run_chunk, (fn, chunk), {}))
+    assert loaded is payload.run_chunk and not kwargs
+    return loaded(*args)
+
+
+def test_a_chunk_of_a_main_function_is_pickled_once_across_chunks(pickles):
+    main = in_main("def double(x):\n    return 2 * x\n")
+    chunks = [tuple((i,) for i in range(start, start + 10)) for start in range(0, 50, 10)]
+    frames = [payload.dumps_call(payload.run_chunk, (main["double"], c), {}) for c in chunks]
+    assert pickles[main["double"]] == 1
+    carried = {pickle.loads(f[0])[1][0] for f in frames}
+    assert len(carried) == 1 and type(carried.pop()) is bytes  # its pickle, as for a call
+    results = [payload.run_chunk(*payload.loads_call(f)[1]) for f in frames]
+    assert sum(results, []) == [2 * i for i in range(50)]
+
+
+def test_a_chunk_of_an_importable_function_carries_its_reference():
+    frames = payload.dumps_call(payload.run_chunk, (textwrap.indent, (("a", "> "),)), {})
+    assert pickle.loads(frames[0])[1][0] == pickle.dumps(textwrap.indent, protocol=5)
+    assert run_chunk_as_a_worker(textwrap.indent, (("a", "> "), ("b", "# "))) == ["> a", "# b"]
+
+
+def test_a_global_rebound_between_chunks_is_sent_anew():
+    main = in_main("FACTOR = 2\ndef scale(x):\n    return x * FACTOR\n")
+    assert run_chunk_as_a_worker(main["scale"], ((1,), (2,))) == [2, 4]
+    main["FACTOR"] = 10
+    assert run_chunk_as_a_worker(main["scale"], ((1,), (2,))) == [10, 20]
+
+
+def test_a_chunk_sharing_an_object_with_the_function_arrives_as_that_object():
+    main = in_main("SEEN = []\ndef note(x, seen):\n    return seen is SEEN\n")
+    assert run_chunk_as_a_worker(main["note"], ((1, main["SEEN"]),)) == [True]
