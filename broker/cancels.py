@@ -66,7 +66,7 @@ class CancelChaser:
         state = self.state
         cancelled = state.cancel(client_id, cancel.task_ids)
         self.stats.cancelled += len(cancelled)
-        held = {} if cancel.queued_only else state.unstarted(client_id, cancel.task_ids)
+        held = {} if cancel.queued_only else state.ask_back.unstarted(client_id, cancel.task_ids)
         if not held:
             self.send(client_id, CancelReply(cancel.request_id, cancelled))
             return
@@ -78,13 +78,12 @@ class CancelChaser:
         state = self.state
         if not news.request_id:
             # Unasked: it is busy with long tasks and takes back its unused credit.
-            state.drop_credit(worker_id)
-            taken = state.withdraw(worker_id, news.tasks, requeue=True)
+            taken = state.ask_back.given_back(worker_id, news.tasks)
             log.debug("worker %s took back its unused credit and gave back %d task(s) "
                       "waiting behind long ones", worker_id.hex(), len(taken))
         elif not self._answered_by(worker_id, news, now):
             # Asked for idle workers or higher priorities; or its client has gone meanwhile.
-            taken = state.withdraw(worker_id, news.tasks, requeue=True)
+            taken = state.ask_back.withdraw(worker_id, news.tasks, requeue=True)
             log.debug("worker %s gave back %d task(s) for idle workers", worker_id.hex(),
                       len(taken))
         if news.credit:
@@ -134,7 +133,7 @@ class CancelChaser:
             return False
         asked_at, asked = asked
         mine = {(pending.client_id, task_id) for task_id in asked}
-        taken = self.state.withdraw(
+        taken = self.state.ask_back.withdraw(
             worker_id, [row for row in news.tasks if tuple(row) in mine], requeue=False)
         log.debug("worker %s gave back %d task(s) to cancel", worker_id.hex(), len(taken))
         self.stats.cancelled += len(taken)
@@ -164,7 +163,7 @@ class CancelChaser:
         pending.cancelled.extend(cancelled)
         task_ids.difference_update(cancelled)
         if task_ids and pending.chases < MAX_CANCEL_CHASES:
-            moved = self.state.unstarted(pending.client_id, list(task_ids), since=asked_at)
+            moved = self.state.ask_back.unstarted(pending.client_id, list(task_ids), since=asked_at)
             if moved:
                 pending.chases += 1
                 self._ask_back(pending, moved, now)

@@ -111,7 +111,7 @@ class Peers:
         """Peers silent for a liveness window whose connections live on: they
         are kept (their tasks with them), as a process pool waits for a call
         that holds the GIL; the log says so once."""
-        for peer_id in self.state.silent(now):
+        for peer_id in self.state.roster.silent(now):
             if peer_id not in unreachable:
                 log.info("%s %s silent for %.1fs but still connected (a call holding the GIL, "
                          "or a loaded host?); keeping it", self.state.role_of(peer_id),

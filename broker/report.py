@@ -43,7 +43,7 @@ def status(state: BrokerState, stats: Stats, peer_keys: dict, now: float, *, add
     return {
         "address": address, "pid": pid, "protocol": PROTOCOL_VERSION,
         "curve": curve, "uptime": round(uptime, 1),
-        "queued": state.queued_count, "in_flight": len(state.in_flight),
+        "queued": state.queue.count, "in_flight": len(state.in_flight),
         "tasks_per_second": round(stats.rate(now), 2), "submitted": stats.submitted,
         "completed": stats.completed, "failed": stats.failed, "requeued": stats.requeued,
         "cancelled": stats.cancelled, "unloadable": stats.unloadable,
@@ -52,9 +52,9 @@ def status(state: BrokerState, stats: Stats, peer_keys: dict, now: float, *, add
         "workers": workers, "clients": clients,
         # msgpack maps need text keys here: the report is decoded strictly.
         "queued_by_priority": {str(p): n for p, n in
-                               sorted(state.queued_by_priority().items(), reverse=True)},
+                               sorted(state.queue.by_priority().items(), reverse=True)},
         "unsatisfiable": [{"resources": dict(needs), "queued": count}
-                          for needs, count in state.unsatisfiable()],
+                          for needs, count in state.roster.unsatisfiable()],
     }
 
 

@@ -6,7 +6,8 @@
        _read_all -> _handle -> on_<op>()    |  _dispatch, _flush, _chores
           |                                 |
           +-- Admission   HELLO, STATS, keys, complaints     (admission.py)
-          +-- BrokerState queue, in-flight, credit, liveness (state.py, queue.py)
+          +-- BrokerState queue, in-flight, credit, liveness (state.py, queue.py,
+                          roster.py, dispatch.py, askback.py)
           +-- CancelChaser CANCEL, WITHDRAWN                 (cancels.py)
           +-- Peers       DRAIN, BYE, losses, heartbeats     (peers.py)
           +-- Outbox      results per client; RESULTS and
@@ -249,7 +250,7 @@ class Broker:
             # (whose RESULTS do not parse as a client's): it must say HELLO again.
             self.admission.complain(peer_id, "unknown_peer", "a message before HELLO")
             return
-        self.state.seen(peer_id, now)
+        self.state.roster.seen(peer_id, now)
         handler = self._handlers.get((role, message.op))
         if handler is None:
             raise ProtocolError(f"a {role} may not send {message.op.value}")
@@ -269,7 +270,7 @@ class Broker:
                 continue
             options = row[3]
             accepted += state.submit(client_id, row[0], row[2] or frames, now, options)
-            if options.resources and not state.satisfiable(options.resources):
+            if options.resources and not state.roster.satisfiable(options.resources):
                 self.admission.warn_unsatisfiable(client_id, options.resources)
         self.stats.submitted += accepted
         if accepted < len(submit.tasks):
@@ -332,13 +333,13 @@ class Broker:
                 send(assignment.worker_id, message, payload)
         # Tasks waiting on busy workers while others have nothing to do: ask
         # for them back. The reply's id matches no cancel, so they are requeued.
-        for worker_id, keys in self.state.to_steal():
+        for worker_id, keys in self.state.ask_back.to_steal():
             log.debug("asking worker %s back for up to %d waiting task(s): other workers "
                       "are idle", worker_id.hex(), len(keys))
             send(worker_id, Withdraw(self.cancels.next_id(), [list(key) for key in keys]))
         # Tasks waiting on workers that a queued one outranks: asked back the
         # same way, so that the higher one goes first.
-        for worker_id, keys in self.state.to_preempt():
+        for worker_id, keys in self.state.ask_back.to_preempt():
             log.debug("asking worker %s back for %d waiting task(s) of lower priority",
                       worker_id.hex(), len(keys))
             send(worker_id, Withdraw(self.cancels.next_id(), [list(key) for key in keys]))
