@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from zeropool.broker.state import Assignment, Expired
+from zeropool.broker.dispatch import Assignment
+from zeropool.broker.state import Expired
 from zeropool.broker.stats import Histogram
 from zeropool.protocol import ClientResults, Dispatch, header_budget, pack_payload, text_size
 from zeropool.protocol import defaults

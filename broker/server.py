@@ -5,13 +5,14 @@
                                 +-----------+------------+
        _read_all -> _handle -> on_<op>()    |  _dispatch, _flush, _chores
           |                                 |
-          +-- Admission   HELLO, STATS, keys, complaints     (admission.py)
-          +-- BrokerState queue, in-flight, credit, liveness (state.py, queue.py,
-                          roster.py, dispatch.py, askback.py)
-          +-- CancelChaser CANCEL, WITHDRAWN                 (cancels.py)
-          +-- Peers       DRAIN, BYE, losses, heartbeats     (peers.py)
-          +-- Outbox      results per client; RESULTS and
-                          DISPATCH cut to their budgets       (outbox.py)
+          +-- Admission     HELLO, STATS, keys, complaints    (admission.py)
+          +-- BrokerState   queue, in-flight, credit          (state.py, queue.py,
+          |                                                    roster.py, dispatch.py,
+          |                                                    askback.py)
+          +-- CancelChaser  CANCEL, WITHDRAWN                 (cancels.py)
+          +-- Peers         DRAIN, BYE, losses, heartbeats    (peers.py)
+          +-- Outbox        results per client -> RESULTS;
+                            assignments -> DISPATCH           (outbox.py)
 
 Broker (this module) owns the socket and the loop. Each pass reads every
 message already waiting (so one DISPATCH to a worker and one RESULTS to a
@@ -19,17 +20,31 @@ client can carry many tasks), hands queued tasks to workers with credit,
 flushes results per client, then runs the timed chores once an interval.
 Payload frames are forwarded as received; the broker decodes only msgpack
 headers and never imports the pickling code. SUBMIT and RESULTS, the hot
-path, are handled here, with what they need bound once.
+path, are handled here, with what they need bound once. ``_send`` is the
+one sender: the rooms below hold no socket and send through it, and it
+notes a peer whose connection is gone for ``_flush`` to remove.
 
-The rooms hold no socket and take ``now``: what they have to say goes out
-through ``Broker._send``, the one sender, which notes a peer whose
-connection is gone for ``_flush`` to remove. Admission lets peers in (or
-refuses them) and answers bad input at a bounded rate. BrokerState is the
-bookkeeping. CancelChaser follows a cancel to the workers that hold its
-tasks unstarted and answers the client once they have given them back.
-Peers handles drains, departures and lost workers (their tasks requeued or
-failed) and sends the heartbeats. The Outbox gathers a pass's results per
-client and cuts results and tasks into messages within their budgets.
+Admission lets peers in: HELLO and STATS, the protocol version, under
+CURVE whether a peer's key is still authorized (and, each interval, which
+were revoked). Bad input is logged and answered at a bounded rate.
+
+BrokerState is the bookkeeping, with ``now`` passed in: the queue (levels
+of priority and resource needs, clients taking turns), tasks in flight per
+worker, credit; its roster (liveness, resources), the dispatcher behind
+``assign()``, and ``ask_back`` (tasks asked back from workers that hold
+them waiting, for idle workers or higher priorities).
+
+CancelChaser answers CANCEL: queued tasks are dropped at once; tasks that
+workers hold unstarted are asked back with WITHDRAW, followed if they moved
+meanwhile, and the client is answered once every worker has answered, left,
+or kept it waiting too long.
+
+Peers handles what happens to peers after HELLO: drains, departures, lost
+workers (their tasks requeued, or failed back to their clients), and the
+heartbeats each interval.
+
+The Outbox gathers a pass's results per client, and cuts results and
+assigned tasks into messages within the header budget a peer accepts.
 
 Liveness: a peer is dead when its connection is. libzmq's own heartbeats
 (protocol.sockets.keep_alive) run in its I/O thread, without the GIL, and
