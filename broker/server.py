@@ -368,9 +368,10 @@ class Broker:
                 if client_id in clients:
                     for message, payload in results_messages(out):
                         self._send(client_id, message, payload)
-            now = time.monotonic()
-            while self._unreachable:
-                self.peers.unreachable(self._unreachable.pop(), now)
+            if self._unreachable:
+                now = time.monotonic()
+                while self._unreachable:
+                    self.peers.unreachable(self._unreachable.pop(), now)
 
     def _send(self, peer_id: bytes, message, payload: list = ()) -> None:
         """The one sender: a peer whose connection is gone is noted for _flush."""
