@@ -21,12 +21,12 @@ class _Collector:
     def collect(self):
         state, stats = self._broker.state, self._broker.stats
         yield GaugeMetricFamily("zeropool_queue_depth", "Tasks queued, not yet given to a worker",
-                                value=state.queued_count)
+                                value=state.queue.count)
         yield GaugeMetricFamily("zeropool_in_flight", "Tasks given to workers, not yet finished",
                                 value=len(state.in_flight))
         by_priority = GaugeMetricFamily("zeropool_queued_tasks", "Tasks queued, by priority",
                                         labels=["priority"])
-        for priority, count in state.queued_by_priority().items():
+        for priority, count in state.queue.by_priority().items():
             by_priority.add_metric([str(priority)], count)
         yield by_priority
         by_client = GaugeMetricFamily("zeropool_client_queued_tasks",

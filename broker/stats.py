@@ -95,6 +95,6 @@ def slots(state: BrokerState) -> Slots:
     task from the queue to a worker may be off by that task.
     """
     workers = list(state.workers.values())
-    return Slots(queued=state.queued_count,
+    return Slots(queued=state.queue.count,
                  on_workers=sum(worker.occupied for worker in workers),
                  capacity=sum(worker.threads for worker in workers if not worker.draining))

@@ -81,7 +81,7 @@ def test_a_task_needing_resources_goes_only_to_a_worker_that_has_them_free():
     sent = dispatched(state)
     assert sent[W2] == [(C1, 1)]  # one gpu: the second waits for it
     assert sent[W1] == [(C1, 3)]  # tasks without needs run anywhere
-    assert list(state.queued) == [(C1, 2)]
+    assert list(state.roster.queued()) == [(C1, 2)]
     assert state.workers[W2].free == {"gpu": 0}
     state.finish(W2, (C1, 1))
     assert dispatched(state) == {W2: [(C1, 2)]}
@@ -95,7 +95,7 @@ def test_resources_are_freed_however_a_task_leaves_its_worker():
     assert dispatched(state) == {W1: [(C1, 0), (C1, 1), (C1, 2)]}
     assert state.workers[W1].free == {"mem": 0}
     state.finish(W1, (C1, 0))
-    state.withdraw(W1, [(C1, 1)], requeue=True)
+    state.ask_back.withdraw(W1, [(C1, 1)], requeue=True)
     assert state.workers[W1].free == {"mem": 20}
     state.remove_client(C1)  # its last task keeps its share until it ends
     assert state.workers[W1].free == {"mem": 20}
@@ -150,7 +150,7 @@ def test_a_worker_is_asked_back_for_what_the_first_task_it_can_run_outranks():
     state.started(W1, (C1, 0))
     state.submit(C1, 10, b"x", options=options(9, gpu=1))  # it cannot run that one...
     state.submit(C1, 11, b"x", options=options(5))  # ...but this one
-    assert state.to_preempt() == [(W1, [(C1, 1), (C1, 2)])]
+    assert state.ask_back.to_preempt() == [(W1, [(C1, 1), (C1, 2)])]
 
 
 def test_unsatisfiable_needs_are_known_until_a_worker_with_them_joins():
@@ -158,12 +158,12 @@ def test_unsatisfiable_needs_are_known_until_a_worker_with_them_joins():
     needs = options(tpu=1).resources
     state.submit(C1, 1, b"x", options=options(tpu=1))
     state.add_worker(W1, 1, 0.0, resources={"gpu": 4})
-    assert not state.satisfiable(needs)
-    assert state.unsatisfiable() == [(needs, 1)]
+    assert not state.roster.satisfiable(needs)
+    assert state.roster.unsatisfiable() == [(needs, 1)]
     assert dispatched(state) == {}  # it stays queued
     state.add_worker(W2, 1, 0.0, resources={"tpu": 1})
-    assert state.satisfiable(needs)
-    assert state.unsatisfiable() == []
+    assert state.roster.satisfiable(needs)
+    assert state.roster.unsatisfiable() == []
     assert dispatched(state) == {W2: [(C1, 1)]}
 
 
@@ -174,15 +174,15 @@ def test_a_higher_task_asks_back_lower_ones_waiting_on_workers():
     state.add_worker(W1, 2, 0.0, threads=1)
     assert dispatched(state) == {W1: [(C1, 0), (C1, 1)]}
     state.started(W1, (C1, 0))
-    assert state.to_preempt() == []  # nothing outranks them
+    assert state.ask_back.to_preempt() == []  # nothing outranks them
     state.submit(C1, 10, b"x", options=options(5))
     assert dispatched(state) == {}  # no credit
-    assert state.to_preempt() == [(W1, [(C1, 1)])]  # not the one it started
-    assert state.to_preempt() == []  # asked once
-    state.withdraw(W1, [(C1, 1)], requeue=True)
+    assert state.ask_back.to_preempt() == [(W1, [(C1, 1)])]  # not the one it started
+    assert state.ask_back.to_preempt() == []  # asked once
+    state.ask_back.withdraw(W1, [(C1, 1)], requeue=True)
     state.add_credit(W1, 1)
     assert dispatched(state) == {W1: [(C1, 10)]}
-    assert [t.task_id for t in state.queued_in_order()] == [1, 2, 3]
+    assert [t.task_id for t in state.queue.in_order()] == [1, 2, 3]
 
 
 def test_a_higher_task_does_not_ask_back_from_workers_that_could_never_run_it():
@@ -191,7 +191,7 @@ def test_a_higher_task_does_not_ask_back_from_workers_that_could_never_run_it():
     state.add_worker(W1, 1, 0.0)
     assert dispatched(state) == {W1: [(C1, 0)]}
     state.submit(C1, 1, b"x", options=options(5, gpu=1))
-    assert state.to_preempt() == []
+    assert state.ask_back.to_preempt() == []
 
 
 def test_queued_counts_per_priority_follow_cancels_and_dispatches():
@@ -199,14 +199,14 @@ def test_queued_counts_per_priority_follow_cancels_and_dispatches():
     state.submit(C1, 1, b"x", options=options(3))
     state.submit(C1, 2, b"x")
     state.submit(C2, 1, b"x")
-    assert state.queued_by_priority() == {3: 1, 0: 2}
+    assert state.queue.by_priority() == {3: 1, 0: 2}
     state.cancel(C1, [2])
-    assert state.queued_by_priority() == {3: 1, 0: 1}
+    assert state.queue.by_priority() == {3: 1, 0: 1}
     state.remove_client(C2)
-    assert state.queued_by_priority() == {3: 1}
+    assert state.queue.by_priority() == {3: 1}
     state.add_worker(W1, 5, 0.0)
     state.assign()
-    assert state.queued_by_priority() == {} and state.queued_count == 0
+    assert state.queue.by_priority() == {} and state.queue.count == 0
     assert [level.priority for level in state.queue.order] == [0]  # only the default level stays
 
 
@@ -216,9 +216,9 @@ def test_a_requeued_task_keeps_its_priority_and_needs():
     state.add_worker(W1, 1, 0.0, resources={"gpu": 1})
     state.assign()
     state.remove_worker(W1, lost=False)
-    [task] = state.queued_in_order()
+    [task] = state.queue.in_order()
     assert task.options == options(7, gpu=1)
-    assert state.queued_by_priority() == {7: 1}
+    assert state.queue.by_priority() == {7: 1}
 
 
 @pytest.mark.parametrize("bad, error", [
@@ -282,7 +282,7 @@ def test_scheduling_invariants_hold_whatever_happens(script):
                 if event == "finish":
                     state.finish(who, key)
                 else:
-                    state.withdraw(who, [key], requeue=True)
+                    state.ask_back.withdraw(who, [key], requeue=True)
         elif event == "cancel" and who in state.clients:
             state.cancel(who, [arg])
         elif event == "lose" and who in state.workers:
@@ -300,7 +300,7 @@ def check_dispatch_order(state: BrokerState, assignment) -> None:
     """No task went out while one of higher priority that any worker can run
     (it needs no resources) stayed queued."""
     sent = min(task.options.priority for task in assignment.tasks)
-    for task in state.queued_in_order():
+    for task in state.queue.in_order():
         if not task.options.resources:
             assert task.options.priority <= sent, (task, assignment.tasks)
 
@@ -317,8 +317,8 @@ def check_nothing_left_that_could_go(state: BrokerState) -> None:
 
 
 def check_bookkeeping(state: BrokerState) -> None:
-    assert state.queued_count == sum(level.count for level in state.queue.order)
-    assert state.queued_count == sum(len(c.waiting) for c in state.clients.values())
+    assert state.queue.count == sum(level.count for level in state.queue.order)
+    assert state.queue.count == sum(len(c.waiting) for c in state.clients.values())
     for worker in state.workers.values():
         used = {}
         needs = [t.options.resources for t in worker.in_flight.values()]
@@ -330,7 +330,7 @@ def check_bookkeeping(state: BrokerState) -> None:
         assert worker.credit >= 0
     held = sum(1 for key, worker_id in state.in_flight.items()
                if state.workers[worker_id].in_flight[key].options.priority)
-    assert held == sum(state._held_priorities.values())
+    assert held == sum(state.held_priorities.values())
 
 
 def test_a_worker_that_leaves_charges_no_try_but_stops_what_must_not_run_twice():
@@ -343,7 +343,7 @@ def test_a_worker_that_leaves_charges_no_try_but_stops_what_must_not_run_twice()
     state.started(W1, (C1, 2))
     expired = state.remove_worker(W1, lost=False)
     assert [t.key for t in expired.stopped] == [(C1, 2)]
-    [task] = state.queued_in_order()
+    [task] = state.queue.in_order()
     assert task.key == (C1, 1) and task.lost_on == ()
 
 
@@ -359,7 +359,7 @@ def test_a_task_past_its_timeout_on_a_worker_that_died_fails_as_timed_out():
     state.started(W1, (C1, 2))
     expired = state.remove_worker(W1, lost=True, now=8.0)
     assert [t.key for t in expired.timed_out] == [(C1, 1)]
-    assert [t.key for t in state.queued_in_order()] == [(C1, 2)]
+    assert [t.key for t in state.queue.in_order()] == [(C1, 2)]
 
 
 def options_with(**kwargs) -> TaskOptions:
@@ -376,7 +376,7 @@ def test_tasks_needing_resources_are_not_asked_back_for_a_worker_that_may_lack_t
     state.assign()
     state.started(W1, (C1, 1))
     state.add_worker(W2, 1, 0.0, threads=1)  # idle, no gpu
-    assert state.to_steal() == [(W1, [(C1, 3), (C1, 4)])]
+    assert state.ask_back.to_steal() == [(W1, [(C1, 3), (C1, 4)])]
 
 
 def test_an_idle_worker_gets_held_tasks_back_while_the_queue_waits_for_resources():
@@ -389,4 +389,4 @@ def test_an_idle_worker_gets_held_tasks_back_while_the_queue_waits_for_resources
     state.submit(C1, 9, b"x", options=options(tpu=1))  # no worker has one: it stays queued
     state.add_worker(W2, 1, 0.0, threads=1)
     assert state.assign() == []  # nothing queued that W2 can run...
-    assert state.to_steal() == [(W1, [(C1, 1), (C1, 2), (C1, 3)])]  # ...so it asks W1 back
+    assert state.ask_back.to_steal() == [(W1, [(C1, 1), (C1, 2), (C1, 3)])]  # ...so it asks W1 back

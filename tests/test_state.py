@@ -33,7 +33,7 @@ def keys(assignment: Assignment) -> list:
 
 def queue_order(state: BrokerState) -> list:
     """The tasks still queued, front first."""
-    return state.queued_in_order()
+    return state.queue.in_order()
 
 
 def by_worker(assignments: list[Assignment]) -> dict:
@@ -85,7 +85,7 @@ def test_worker_never_gets_more_tasks_than_its_credit():
     assert len(assignment.tasks) == 2
     assert worker.credit == 0
     assert state.assign() == []
-    assert len(state.queued) == 3
+    assert len(state.roster.queued()) == 3
 
 
 def test_worker_without_credit_gets_nothing():
@@ -93,7 +93,7 @@ def test_worker_without_credit_gets_nothing():
     submit_all(state, C1, [1])
     state.add_worker(W1, 0, now=0.0)
     assert state.assign() == []
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_add_credit_makes_worker_ready_again():
@@ -143,7 +143,7 @@ def test_more_tasks_than_total_credit_fills_every_worker():
     assignments = state.assign()
     assert sorted(len(a.tasks) for a in assignments) == [1, 2]
     assert state.ready == {}
-    assert len(state.queued) == 2
+    assert len(state.roster.queued()) == 2
 
 
 # -- cancel and duplicates -------------------------------------------------------
@@ -186,7 +186,7 @@ def test_cancel_of_an_unknown_task_returns_nothing():
     state = make_state()
     submit_all(state, C1, [1])
     assert state.cancel(C1, [2]) == []
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_cancel_twice_returns_the_id_once():
@@ -202,7 +202,7 @@ def test_cancel_only_touches_the_asking_clients_tasks():
     submit_all(state, C1, [1])
     submit_all(state, C2, [1])
     assert state.cancel(C2, [1]) == [1]
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_duplicate_submit_of_a_queued_task_is_refused():
@@ -220,14 +220,14 @@ def test_duplicate_submit_of_an_in_flight_task_is_refused():
     state.add_worker(W1, 10, now=0.0)
     state.assign()
     assert state.submit(C1, 1, [b"again"]) is False
-    assert state.queued == {}
+    assert state.roster.queued() == {}
 
 
 def test_same_task_id_from_another_client_is_accepted():
     state = make_state(C1, C2)
     assert state.submit(C1, 1, []) is True
     assert state.submit(C2, 1, []) is True
-    assert len(state.queued) == 2
+    assert len(state.roster.queued()) == 2
 
 
 def test_resubmit_after_cancel_is_assigned_once_with_new_frames():
@@ -281,7 +281,7 @@ def test_finish_of_a_queued_task_returns_none():
     submit_all(state, C1, [1])
     state.add_worker(W1, 0, now=0.0)
     assert state.finish(W1, (C1, 1)) is None
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_started_is_true_only_for_the_holding_worker():
@@ -373,7 +373,7 @@ def test_task_lost_on_max_retries_workers_is_poisoned():
         expired = state.remove_worker(worker_id, lost=True)
     assert expired.requeued == 0
     assert [(t.key, t.lost_on) for t in expired.poisoned] == [((C1, 1), (W1, W2))]
-    assert state.queued == {}
+    assert state.roster.queued() == {}
     assert state.in_flight == {}
     assert state.clients[C1].in_flight == 0
     state.add_worker(W3, 10, now=0.0)
@@ -389,7 +389,7 @@ def test_task_is_requeued_until_max_retries_is_reached():
         expired = state.remove_worker(worker_id, lost=True)
         assert expired.poisoned == []
         assert expired.requeued == 1
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_orderly_leaves_never_poison_a_task():
@@ -399,7 +399,7 @@ def test_orderly_leaves_never_poison_a_task():
         state.add_worker(worker_id, 1, now=0.0)
         state.assign()
         assert state.remove_worker(worker_id, lost=False).poisoned == []
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 def test_re_registered_worker_requeues_its_old_in_flight_tasks():
@@ -431,9 +431,9 @@ def test_silent_names_peers_quiet_past_the_timeout_and_removes_none():
     state.add_worker(W1, 1, now=0.0)
     state.add_worker(W2, 1, now=0.0)
     state.assign()
-    state.seen(W2, now=5.0)
-    state.seen(C2, now=5.0)
-    assert sorted(state.silent(now=12.0)) == sorted([W1, C1])
+    state.roster.seen(W2, now=5.0)
+    state.roster.seen(C2, now=5.0)
+    assert sorted(state.roster.silent(now=12.0)) == sorted([W1, C1])
     # A silent peer may be a live one held up by the GIL: it keeps its tasks.
     assert state.role_of(W1) == "worker" and state.role_of(C1) == "client"
     assert state.in_flight == {(C1, 1): W1}
@@ -442,24 +442,24 @@ def test_silent_names_peers_quiet_past_the_timeout_and_removes_none():
 def test_silent_keeps_peers_seen_within_the_timeout():
     state = make_state(C1, timeout=10.0)
     state.add_worker(W1, 1, now=0.0)
-    assert state.silent(now=10.0) == []
+    assert state.roster.silent(now=10.0) == []
 
 
 def test_a_silent_peer_is_named_once_until_it_speaks_again():
     state = make_state(C1, timeout=10.0)
     state.add_worker(W1, 1, now=0.0)
-    state.seen(C1, now=100.0)
-    assert state.silent(now=12.0) == [W1]
-    assert state.silent(now=13.0) == []
-    state.seen(W1, now=14.0)
-    assert state.silent(now=20.0) == []
-    assert state.silent(now=25.0) == [W1]
+    state.roster.seen(C1, now=100.0)
+    assert state.roster.silent(now=12.0) == [W1]
+    assert state.roster.silent(now=13.0) == []
+    state.roster.seen(W1, now=14.0)
+    assert state.roster.silent(now=20.0) == []
+    assert state.roster.silent(now=25.0) == [W1]
 
 
 def test_re_adding_a_client_refreshes_it():
     state = make_state(C1, timeout=10.0)
     state.add_client(C1, [b"init"], now=8.0)
-    assert state.silent(now=15.0) == []
+    assert state.roster.silent(now=15.0) == []
     assert state.clients[C1].init_frames == [b"init"]
 
 
@@ -473,7 +473,7 @@ def test_remove_client_drops_only_its_queued_tasks():
     state.submit(C2, 2, [])
     state.remove_client(C1)
     assert state.role_of(C1) is None
-    assert list(state.queued) == [(C2, 1), (C2, 2)]
+    assert list(state.roster.queued()) == [(C2, 1), (C2, 2)]
     state.add_worker(W1, 10, now=0.0)
     [assignment] = state.assign()
     assert keys(assignment) == [(C2, 1), (C2, 2)]
@@ -499,7 +499,7 @@ def test_removed_clients_in_flight_tasks_are_not_requeued_when_worker_dies():
     state.remove_client(C1)
     expired = state.remove_worker(W1, lost=True)
     assert (expired.requeued, expired.poisoned) == (0, [])
-    assert state.queued == {}
+    assert state.roster.queued() == {}
     assert state.in_flight == {}
 
 
@@ -507,7 +507,7 @@ def test_remove_unknown_client_does_nothing():
     state = make_state()
     submit_all(state, C1, [1])
     state.remove_client(C2)
-    assert list(state.queued) == [(C1, 1)]
+    assert list(state.roster.queued()) == [(C1, 1)]
 
 
 # -- initializers --------------------------------------------------------------
@@ -613,7 +613,7 @@ def test_cancelled_tasks_release_their_payload_at_once():
     state.add_client(b"c", [], 0.0)
     for task_id in range(3):
         state.submit(b"c", task_id, [b"x" * 1000])
-    held = state.queued_in_order()
+    held = state.queue.in_order()
     assert state.cancel(b"c", [0, 1, 2]) == [0, 1, 2]
     assert all(task.frames == [] for task in held)
     # Nothing left queued: the deques that held them are emptied too.
@@ -684,7 +684,7 @@ def test_unstarted_lists_tasks_held_by_workers_not_yet_started():
     state.add_worker(W2, 2, now=0.0)
     state.assign()
     state.started(W1, (C1, 0))
-    held = state.unstarted(C1, [0, 1, 2, 3, 4])
+    held = state.ask_back.unstarted(C1, [0, 1, 2, 3, 4])
     # 0 is started; 4 is still queued at the broker.
     assert held == {W1: [1], W2: [2, 3]}
 
@@ -694,7 +694,7 @@ def test_withdrawn_tasks_requeue_at_the_front_in_order():
     submit_all(state, C1, range(6))
     state.add_worker(W1, 4, now=0.0)
     state.assign()
-    taken = state.withdraw(W1, [[C1, 2], [C1, 3], [C1, 99]], requeue=True)
+    taken = state.ask_back.withdraw(W1, [[C1, 2], [C1, 3], [C1, 99]], requeue=True)
     assert taken == [(C1, 2), (C1, 3)]
     assert state.clients[C1].queued == 4 and state.clients[C1].in_flight == 2
     state.add_worker(W2, 10, now=0.0)
@@ -707,11 +707,11 @@ def test_withdrawn_tasks_for_a_cancel_are_dropped():
     submit_all(state, C1, range(3))
     state.add_worker(W1, 3, now=0.0)
     state.assign()
-    assert state.withdraw(W1, [[C1, 1]], requeue=False) == [(C1, 1)]
-    assert state.withdraw(W1, [[C1, 1]], requeue=False) == []  # taken already
+    assert state.ask_back.withdraw(W1, [[C1, 1]], requeue=False) == [(C1, 1)]
+    assert state.ask_back.withdraw(W1, [[C1, 1]], requeue=False) == []  # taken already
     assert state.finish(W1, (C1, 1)) is None  # its late result, if any, is dropped
     assert state.clients[C1].in_flight == 2 and state.clients[C1].queued == 0
-    assert not state.queued
+    assert not state.roster.queued()
 
 
 def test_workers_holding_a_gone_clients_initializer_are_told_to_forget_it():
@@ -738,12 +738,12 @@ def test_a_task_waiting_on_a_busy_worker_is_asked_back_when_another_runs_dry():
     state.add_worker(W1, 2, now=0.0, threads=1)  # one thread, one task held waiting
     state.assign()
     state.started(W1, (C1, 0))
-    assert state.to_steal() == []  # nobody else wants work
+    assert state.ask_back.to_steal() == []  # nobody else wants work
     state.add_worker(W2, 1, now=0.0, threads=1)
     assert state.assign() == []
-    assert state.to_steal() == [(W1, [(C1, 1)])]
-    assert state.to_steal() == []  # asked once, until it is given more again
-    assert state.withdraw(W1, [[C1, 1]], requeue=True) == [(C1, 1)]
+    assert state.ask_back.to_steal() == [(W1, [(C1, 1)])]
+    assert state.ask_back.to_steal() == []  # asked once, until it is given more again
+    assert state.ask_back.withdraw(W1, [[C1, 1]], requeue=True) == [(C1, 1)]
     [assignment] = state.assign()
     assert assignment.worker_id == W2 and ids(assignment) == [1]
 
@@ -754,7 +754,7 @@ def test_nothing_is_asked_back_while_tasks_are_queued():
     state.add_worker(W1, 2, now=0.0, threads=1)
     state.assign()
     state.add_worker(W2, 1, now=0.0, threads=1)  # the queue still has work for it
-    assert state.to_steal() == []
+    assert state.ask_back.to_steal() == []
 
 
 def test_nothing_is_asked_back_for_a_worker_whose_threads_are_all_busy():
@@ -765,7 +765,7 @@ def test_nothing_is_asked_back_for_a_worker_whose_threads_are_all_busy():
     state.assign()
     state.add_credit(W2, 1)  # credit for a task to wait there: not a free thread
     assert state.clients[C1].queued == 0
-    assert state.to_steal() == []
+    assert state.ask_back.to_steal() == []
 
 
 def test_a_holder_whose_tasks_all_run_is_not_asked():
@@ -775,7 +775,7 @@ def test_a_holder_whose_tasks_all_run_is_not_asked():
     state.assign()
     state.finish(W1, (C1, 0))  # the waiting one runs now
     state.add_worker(W2, 1, now=0.0, threads=1)
-    assert state.to_steal() == []
+    assert state.ask_back.to_steal() == []
     assert not state.holders
 
 
@@ -786,10 +786,10 @@ def test_only_as_many_holders_are_asked_as_threads_are_free():
     state.add_worker(W2, 2, now=0.0, threads=1)
     assert by_worker(state.assign()) == {W1: [0, 1], W2: [2, 3]}
     state.add_worker(W3, 1, now=0.0, threads=1)
-    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]  # it gives back what still waits
+    assert state.ask_back.to_steal() == [(W1, [(C1, 0), (C1, 1)])]  # it gives back what still waits
     state.add_credit(W3, 1)  # a second free thread asks the other holder
     state.workers[W3].threads = 2
-    assert state.to_steal() == [(W2, [(C1, 2), (C1, 3)])]
+    assert state.ask_back.to_steal() == [(W2, [(C1, 2), (C1, 3)])]
 
 
 def test_a_thread_freed_by_a_result_without_credit_still_gets_waiting_tasks():
@@ -798,9 +798,9 @@ def test_a_thread_freed_by_a_result_without_credit_still_gets_waiting_tasks():
     state.add_worker(W1, 2, now=0.0, threads=1)
     state.add_worker(W2, 2, now=0.0, threads=1)
     assert by_worker(state.assign()) == {W1: [0, 1], W2: [2]}
-    assert state.to_steal() == []  # W2's thread is busy: it only has credit to spare
+    assert state.ask_back.to_steal() == []  # W2's thread is busy: it only has credit to spare
     state.finish(W2, (C1, 2))  # its result came with no new credit: it had enough
-    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
+    assert state.ask_back.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
 
 
 def test_a_task_asked_back_goes_to_the_idle_worker_not_back_to_the_busy_one():
@@ -809,8 +809,8 @@ def test_a_task_asked_back_goes_to_the_idle_worker_not_back_to_the_busy_one():
     state.add_worker(W1, 3, now=0.0, threads=1)  # credit to spare, from shorter tasks
     state.assign()
     state.add_worker(W2, 1, now=0.0, threads=1)
-    assert state.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
-    state.withdraw(W1, [[C1, 1]], requeue=True)  # 0 runs there already
+    assert state.ask_back.to_steal() == [(W1, [(C1, 0), (C1, 1)])]
+    state.ask_back.withdraw(W1, [[C1, 1]], requeue=True)  # 0 runs there already
     state.add_credit(W1, 1)
     [assignment] = state.assign()
     assert assignment.worker_id == W2 and ids(assignment) == [1]
@@ -825,7 +825,7 @@ def test_a_gone_clients_task_still_takes_its_workers_thread():
     submit_all(state, C1, [0])
     assert by_worker(state.assign()) == {W1: [0]}  # the only worker with credit
     state.add_worker(W2, 1, now=0.0, threads=1)
-    assert state.to_steal() == [(W1, [(C1, 0)])]  # it waits behind the orphan
+    assert state.ask_back.to_steal() == [(W1, [(C1, 0)])]  # it waits behind the orphan
     assert state.finish_orphan(W1, (C2, 7))
     assert not state.finish_orphan(W1, (C2, 7))
     assert state.workers[W1].occupied == 1
