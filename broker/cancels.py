@@ -21,7 +21,7 @@ from typing import Callable
 
 from zeropool.broker.state import BrokerState
 from zeropool.broker.stats import Stats
-from zeropool.protocol import Cancel, CancelReply, Withdraw, Withdrawn
+from zeropool.protocol import Cancel, CancelReply, TaskRow, Withdraw, Withdrawn
 
 log = logging.getLogger("zeropool.broker")
 
@@ -148,7 +148,7 @@ class CancelChaser:
         self.pending[request_id] = pending
         for worker_id, task_ids in held.items():
             pending.waiting[request_id, worker_id] = (now, task_ids)
-            self.send(worker_id, Withdraw(request_id, [[pending.client_id, t] for t in task_ids]))
+            self.send(worker_id, Withdraw(request_id, [TaskRow(pending.client_id, t) for t in task_ids]))
 
     def _seek(self, pending: PendingCancel, asked_at: float, task_ids: set, now: float) -> None:
         """Tasks of a cancel that a worker asked at ``asked_at`` did not give back

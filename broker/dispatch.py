@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from zeropool.broker.queue import DEFAULT_OPTIONS
+from zeropool.protocol import PythonRow
 
 if TYPE_CHECKING:
     from zeropool.broker.state import BrokerState, Task, Worker
@@ -159,5 +160,5 @@ class Dispatcher:
         if client.python != worker.python and task.client_id not in worker.pythons_sent:
             worker.pythons_sent.add(task.client_id)
             if client.python and worker.python:
-                assignment.pythons.append([task.client_id, client.versions["python"]])
+                assignment.pythons.append(PythonRow(task.client_id, client.versions["python"]))
         assignment.tasks.append(task)

@@ -17,7 +17,10 @@ from typing import Iterator
 from zeropool.broker.dispatch import Assignment
 from zeropool.broker.state import Expired
 from zeropool.broker.stats import Histogram
-from zeropool.protocol import ClientResults, Dispatch, header_budget, pack_payload, text_size
+from zeropool.protocol import (
+    ClientResults, Dispatch, DispatchRow, ErrorRow, InitRow, header_budget, pack_payload,
+    text_size,
+)
 from zeropool.protocol import defaults
 
 # Result rows per RESULTS message to a client (rows may carry 4 KiB inline).
@@ -55,15 +58,15 @@ class Outbox:
     def fail(self, expired: Expired, why: str) -> None:
         """Errors for the tasks that removing workers failed (see Expired)."""
         for task in expired.timed_out:
-            self.for_client(task.client_id).errors.append([task.task_id, "timeout", (
+            self.for_client(task.client_id).errors.append(ErrorRow(task.task_id, "timeout", (
                 f"the task ran longer than its timeout of {task.options.timeout:g}s and its "
                 "worker process died meanwhile (a task that holds the GIL is stopped by the "
-                "worker's watchdog, which ends the process); it is not run again")])
+                "worker's watchdog, which ends the process); it is not run again")))
         for task in expired.stopped:
-            self.for_client(task.client_id).errors.append([task.task_id, "worker_lost", (
+            self.for_client(task.client_id).errors.append(ErrorRow(task.task_id, "worker_lost", (
                 f"task {task.task_id} may have been running when its worker process left "
                 f"or was replaced ({why}; another task there may have run past its timeout), "
-                "and options(retries=0) forbids running it again")])
+                "and options(retries=0) forbids running it again")))
         for task in expired.poisoned:
             workers = ", ".join(w.hex() for w in task.lost_on)
             lost = (f"task {task.task_id} was running on {len(task.lost_on)} worker"
@@ -75,8 +78,8 @@ class Outbox:
             else:
                 reason = (f", and may be retried {retries} time{'s' if retries != 1 else ''} "
                           "(options(retries=...)), so it is not retried again")
-            self.for_client(task.client_id).errors.append([task.task_id, "worker_lost",
-                                                           lost + reason])
+            self.for_client(task.client_id).errors.append(ErrorRow(task.task_id, "worker_lost",
+                                                                   lost + reason))
 
 
 def results_messages(out: Outgoing) -> Iterator[tuple[ClientResults, list]]:
@@ -112,7 +115,7 @@ def dispatch_messages(assignment: Assignment, now: float,
     rows, payload, size = [], [], 0
     for client_id, frames in assignment.inits:
         payload.extend(frames)
-    inits = [[client_id, len(frames)] for client_id, frames in assignment.inits]
+    inits = [InitRow(client_id, len(frames)) for client_id, frames in assignment.inits]
     pythons = assignment.pythons
     for task in assignment.tasks:
         if size >= budget:
@@ -120,10 +123,9 @@ def dispatch_messages(assignment: Assignment, now: float,
             rows, payload, size, inits, pythons = [], [], 0, [], []
         nframes, inline, frames = pack_payload(task.frames)
         options = task.options
-        if options.priority or options.timeout:  # what the worker needs to know
-            rows.append([task.client_id, task.task_id, nframes, inline, options])
-        else:
-            rows.append([task.client_id, task.task_id, nframes, inline])
+        # The options travel where the worker needs them: priority, timeout.
+        rows.append(DispatchRow(task.client_id, task.task_id, nframes, inline,
+                                options if options.priority or options.timeout else None))
         payload.extend(frames)
         size += len(inline) + 16
         queued = task.dispatch(now)

@@ -72,12 +72,13 @@ from zeropool.broker.auth import KeyRing, ZapHandler
 from zeropool.broker.cancels import CancelChaser
 from zeropool.broker.outbox import Outbox, dispatch_messages, results_messages
 from zeropool.broker.peers import Peers
-from zeropool.broker.report import status
+from zeropool.broker.report import status as status_report
 from zeropool.broker.state import BrokerState
 from zeropool.broker.stats import Stats as Counters
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Cancel, Op, ProtocolError, Role, Status, Submit, Welcome, Withdraw,
-    WorkerResults, decode, encode, pack_payload, unpack_payloads,
+    PROTOCOL_VERSION, Cancel, ClientOutputRow, ClientResultRow, Op, ProtocolError, Role, Status,
+    Submit, SubmitRow, TaskRow, Welcome, Withdraw, WorkerResultRow, WorkerResults, decode, encode,
+    pack_payload, unpack_payloads,
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
@@ -274,7 +275,7 @@ class Broker:
     # -- the hot path: tasks in, results out -------------------------------
 
     def on_submit(self, client_id: bytes, submit: Submit, payload: list, now: float) -> None:
-        groups = unpack_payloads(submit.tasks, 1, payload)
+        groups = unpack_payloads(submit.tasks, SubmitRow.nframes, payload)
         accepted = 0
         state = self.state
         for row, frames in zip(submit.tasks, groups):
@@ -305,8 +306,8 @@ class Broker:
             label = f"{worker.host}:{worker.pid}"
             for client_id, task_id, stream, text in news.output:
                 if state.started(worker_id, (client_id, task_id)):
-                    for_client(client_id).output.append([task_id, stream, text, label])
-        groups = unpack_payloads(news.results, 3, payload)
+                    for_client(client_id).output.append(ClientOutputRow(task_id, stream, text, label))
+        groups = unpack_payloads(news.results, WorkerResultRow.nframes, payload)
         stats = self.stats
         for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
             if state.in_flight.get((client_id, task_id)) != worker_id:
@@ -328,7 +329,7 @@ class Broker:
             stats.task_duration.observe(now - task.time)
             out = for_client(client_id)
             nframes, inline, frames = pack_payload(frames)
-            out.results.append([task_id, status, nframes, inline])
+            out.results.append(ClientResultRow(task_id, status, nframes, inline))
             out.payload.extend(frames)
         if news.credit:
             state.add_credit(worker_id, news.credit)
@@ -351,13 +352,13 @@ class Broker:
         for worker_id, keys in self.state.ask_back.to_steal():
             log.debug("asking worker %s back for up to %d waiting task(s): other workers "
                       "are idle", worker_id.hex(), len(keys))
-            send(worker_id, Withdraw(self.cancels.next_id(), [list(key) for key in keys]))
+            send(worker_id, Withdraw(self.cancels.next_id(), [TaskRow(*key) for key in keys]))
         # Tasks waiting on workers that a queued one outranks: asked back the
         # same way, so that the higher one goes first.
         for worker_id, keys in self.state.ask_back.to_preempt():
             log.debug("asking worker %s back for %d waiting task(s) of lower priority",
                       worker_id.hex(), len(keys))
-            send(worker_id, Withdraw(self.cancels.next_id(), [list(key) for key in keys]))
+            send(worker_id, Withdraw(self.cancels.next_id(), [TaskRow(*key) for key in keys]))
 
     def _flush(self) -> None:
         # Until neither is left: a worker found gone may fail tasks (errors to
@@ -384,9 +385,9 @@ class Broker:
 
     def report(self) -> dict:
         """What ``broker status`` shows: plain values only."""
-        return status(self.state, self.stats, self.admission.peer_keys, time.monotonic(),
-                      address=self.address, pid=os.getpid(), curve=self.zap is not None,
-                      uptime=time.time() - self.started_at)
+        return status_report(self.state, self.stats, self.admission.peer_keys, time.monotonic(),
+                             address=self.address, pid=os.getpid(), curve=self.zap is not None,
+                             uptime=time.time() - self.started_at)
 
 
 def _router(context: zmq.Context, curve_key_pair: tuple[bytes, bytes] | None,

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from zeropool.protocol.defaults import PROTOCOL_VERSION
 from zeropool.protocol.wire import (
-    KINDS, ProtocolError, Type, kind, list_of, optional, row, rows, short_repr,
+    ProtocolError, Type, kind, list_of, optional, row, rows, short_repr,
 )
 
 __all__ = [

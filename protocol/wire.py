@@ -222,7 +222,7 @@ def _parser(cls: type, fields: dict) -> Callable:
     defaults = {f.name: f for f in dataclasses.fields(cls)}
     for name, wire_type in fields.items():
         lines.append(f'    key = "{name}"')
-        lines.append(f"    v = header.get(key, _MISSING)")
+        lines.append("    v = header.get(key, _MISSING)")
         if isinstance(wire_type, _Optional):
             wire_type = wire_type.type
             default = defaults[name]
