@@ -1,10 +1,15 @@
 """A worker's I/O loop, the owner of its socket.
 
-    broker --DISPATCH--> Link --read()--> on_dispatch --(key, frames)--> Runner threads
-           <--RESULTS--  (DEALER)  <--send_results()  <--events + waker--  run the calls
-                                       |         |
-                                     Credit   results.take_batch
-                         Handover: a task thread takes the socket's turn
+            Link (DEALER)        Agent (this loop)                       Runner
+    broker --DISPATCH--> read() ---> on_dispatch ----(key, frames)---->  threads run
+           <--RESULTS--- send() <--- send_results <---events + waker---  the calls
+                                          |          |
+                                       Credit     results.take_batch
+                                (how many to ask)  (one RESULTS)
+
+    Handover: while the loop sleeps in Link.poll, the task thread that has
+    just finished may take the socket's turn, to send its own result, or to
+    watch the socket and run a lone task itself.
 
 Agent (this module): the loop. It polls the socket, the runner's waker and
 a signal pipe, reads every waiting message, then sends one RESULTS with
@@ -254,7 +259,8 @@ class Agent:
         link.check_remade()
         now = time.monotonic()
         if now - link.broker_seen > link.heartbeat_interval * link.liveness:
-            if _parent_gone(self.watch_fds):  # the broker went with it: no reconnecting, no warning
+            # The broker went with it: no reconnecting, no warning.
+            if _parent_gone(self.watch_fds):
                 log.info("parent process has exited; stopping")
                 return Exit.PARENT_GONE
             if self.draining and not self.running:

@@ -21,7 +21,7 @@ from zeropool.worker.deadlines import BACKSTOP_GRACE, Deadlines
 from zeropool.worker.initializers import Initializers
 from zeropool.worker.waiting import Waiting
 
-__all__ = ["BACKSTOP_GRACE", "Runner"]
+__all__ = ["BACKSTOP_GRACE", "Runner", "Slots"]
 
 log = logging.getLogger("zeropool.worker")
 
@@ -50,7 +50,6 @@ class Runner:
     def __init__(self, threads: int, notify: Callable[[], None],
                  finished: Callable[[], None] | None = None, *,
                  address: str = "", security: Any = None) -> None:
-        self.threads = threads
         self.events: collections.deque = collections.deque()
         self._notify = notify
         self._finished = finished or notify
@@ -114,9 +113,9 @@ class Runner:
         """The next task as (key, frames, start), marked started; None if none
         waits (not blocking), _STOP when told to stop."""
         slots, get, take = self._slots, self._queue.get, self._queue.take
+        # Idle threads are counted once tasks nest (see Slots.secede), not
+        # before: two more lock round trips per task otherwise.
         while True:
-            # Idle threads are counted once tasks nest (see Slots.secede), not
-            # before: two more lock round trips per task otherwise.
             counted = block and slots.nested
             if counted:
                 with self._start_lock:
