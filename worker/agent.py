@@ -341,11 +341,13 @@ class Agent:
     def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
         # Also while draining: these were sent before the broker saw DRAIN.
         runner, handover = self._runner, self._handover
-        first = sum(n for _, n in dispatch.inits)  # initializers' frames come first
-        for (client_id, _), frames in zip(dispatch.inits,
-                                          split_frames([n for _, n in dispatch.inits],
-                                                       payload[:first])):
-            runner.initializers.add(client_id, frames)
+        first = 0
+        if dispatch.inits:  # (a generator and a list less per message without)
+            first = sum(n for _, n in dispatch.inits)  # initializers' frames come first
+            for (client_id, _), frames in zip(dispatch.inits,
+                                              split_frames([n for _, n in dispatch.inits],
+                                                           payload[:first])):
+                runner.initializers.add(client_id, frames)
         for client_id, version in dispatch.pythons:
             runner.initializers.client_pythons[client_id] = version
         groups = unpack_payloads(dispatch.tasks, 2, payload[first:])

@@ -54,7 +54,7 @@ def take_batch(events, budget: int, running: set, unreported: set,
     unreported.difference_update(started)
     for row in printed:
         row[3] = "".join(row[3])
-    return results, [list(k) for k in started], payload, printed
+    return results, [list(k) for k in started] if started else [], payload, printed
 
 
 def timed_out(overdue: list, where: str) -> list:
