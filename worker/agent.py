@@ -87,11 +87,12 @@ from zeropool.protocol import defaults
 from zeropool.protocol.security import Security
 from zeropool.protocol.sockets import readable, recv_frames
 from zeropool.worker.credit import GIVE_BACK_AFTER, Credit
+from zeropool.worker.deadlines import BACKSTOP_GRACE
 from zeropool.worker.handover import Handover
 from zeropool.worker.link import Link
 from zeropool.worker.memory import rss
 from zeropool.worker.results import take_batch, timed_out
-from zeropool.worker.runner import BACKSTOP_GRACE, Runner
+from zeropool.worker.runner import Runner
 
 log = logging.getLogger("zeropool.worker")
 

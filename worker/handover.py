@@ -25,10 +25,17 @@ from __future__ import annotations
 import logging
 import select
 import time
+from typing import TYPE_CHECKING
 
 import zmq
 
 from zeropool.protocol.waker import Waker
+
+if TYPE_CHECKING:
+    from zeropool.worker.agent import Agent
+    from zeropool.worker.credit import Credit
+    from zeropool.worker.link import Link
+    from zeropool.worker.runner import Runner
 
 log = logging.getLogger("zeropool.worker")
 
@@ -38,21 +45,26 @@ LEND_IDLE = 1.0
 
 
 class Handover:
-    """Passes the socket's turn to a task thread, and takes it back."""
+    """Passes the socket's turn to a task thread, and takes it back.
 
-    def __init__(self, agent, link) -> None:
+    The thread holding the turn reads the agent's ``running``, ``draining``
+    and ``stopping`` and calls its ``read`` and ``send_results``, as the
+    loop would: holding the turn is what makes that safe.
+    """
+
+    def __init__(self, agent: Agent, link: Link) -> None:
         self._agent = agent
         self._link = link
-        self._runner = None  # see bind
-        self._credit = None
+        self._runner: Runner | None = None  # see bind
+        self._credit: Credit | None = None
         self.lent = False  # whether the task thread watches the socket
         self._waker = Waker()  # tells the lent thread to stop
         self._active_at = 0.0
         self.lone: tuple | None = None  # a task the lent thread read, to run itself
         self.reading = False  # the lent thread is reading: Agent.on_dispatch keeps a lone task
-        self.exit = None  # what the lent thread read that ends the loop
+        self.exit: int | None = None  # what the lent thread read that ends the loop (an Exit)
 
-    def bind(self, runner, credit) -> None:
+    def bind(self, runner: Runner, credit: Credit) -> None:
         """The runner (made with ``task_finished`` as its callback) and the credit."""
         self._runner, self._credit = runner, credit
 
@@ -154,7 +166,7 @@ class Handover:
             self._waker.wake()
             log.debug("took the socket back from the task thread: %s", why)
 
-    def drop_lone(self, keys) -> tuple | None:
+    def drop_lone(self, keys: list) -> tuple | None:
         """Of ``keys`` given back, the lone task read and not started, if there."""
         if self.lone is not None and self.lone[0] in keys:
             lone, self.lone = self.lone, None

@@ -19,7 +19,7 @@ from typing import Callable
 
 import zmq
 
-from zeropool.protocol import defaults, encode
+from zeropool.protocol import Welcome, defaults, encode
 from zeropool.protocol.security import HandshakeWatch, Security, close_watched
 from zeropool.protocol.sockets import NOBLOCK, SocketTurn, keep_alive, send_frames
 from zeropool.protocol.waker import Waker
@@ -87,7 +87,7 @@ class Link:
         self._reconnect_delay = min(self._reconnect_delay * 2, defaults.RECONNECT_DELAY_MAX)
         self.connect()
 
-    def welcome(self, message) -> None:
+    def welcome(self, message: Welcome) -> None:
         """The broker's heartbeat settings rule: both sides judge liveness alike."""
         self.heartbeat_interval = message.heartbeat_interval
         self.liveness = message.liveness
