@@ -244,9 +244,7 @@ class Agent:
             # Short tasks stuck behind long ones: let other workers run them.
             log.debug("giving back %d task(s) waiting behind long ones", len(runner.waiting))
             self._give_back(0, list(runner.waiting))
-        self._check_recycle(finished=False)
-        if self.draining and not self._drain_announced:
-            self._announce_drain()
+        self._drain_if_due(finished=False)
         # Leave once the broker has confirmed it sends nothing more (so no
         # task is on its way here) and every task has been answered.
         if self._drain_confirmed and not self.running:
@@ -407,11 +405,9 @@ class Agent:
                 credit.observe(seconds)
                 if runner.initializers.forgetting:
                     runner.initializers.forget_idle(self.running)
-                self._check_recycle(finished=True)
-                if self.draining and not self._drain_announced:
-                    # Before the results: once a client has one, it may submit
-                    # more, which the broker must not send here.
-                    self._announce_drain()
+                # Told before the results: once a client has one, it may
+                # submit more, which the broker must not send here.
+                self._drain_if_due(finished=True)
             grant = credit.grant(len(self.running), len(runner.seceded), self.draining,
                                  time.monotonic())
             self._send(WorkerResults(results, started, grant, printed), payload)
@@ -440,8 +436,24 @@ class Agent:
         self._runner.timers.leave_within(TIMEOUT_LINGER + BACKSTOP_GRACE)
         return Exit.TIMEOUT
 
-    def _announce_drain(self) -> None:
-        """Tell the broker to send nothing more; give back what waits here."""
+    def _drain_if_due(self, finished: bool) -> None:
+        """Drain, to be replaced, once every task this process may run has
+        started, or (``finished``: a task has just ended) once it holds more
+        memory than ``max_memory``. Once draining, tell the broker to send
+        nothing more, and give back what waits here."""
+        if not self.draining:
+            if (self._credit.all_taken() and not self._runner.waiting
+                    and self._handover.lone is None):
+                log.debug("started its %d tasks; leaving to be replaced", self._credit.max_tasks)
+                self._recycle, self.draining = Exit.RECYCLE, True
+            elif finished and self.max_memory is not None:
+                used = rss()
+                if used > self.max_memory:
+                    log.debug("uses %d bytes of memory, more than %d; leaving to be replaced",
+                              used, self.max_memory)
+                    self._recycle, self.draining = Exit.RECYCLE_MEMORY, True
+        if not self.draining or self._drain_announced:
+            return
         self._drain_announced = True
         if self._runner.waiting:  # other workers may run them now
             self._give_back(0, list(self._runner.waiting))
@@ -449,23 +461,6 @@ class Agent:
         log.log(logging.DEBUG if self._recycle else logging.INFO,
                 "draining: finishing %d running task(s), taking no new ones", len(self.running))
         self._send(Drain())
-
-    def _check_recycle(self, finished: bool) -> None:
-        """Drain, to be replaced, once every task this process may run has
-        started, or (``finished``: a task has just ended) once it holds more
-        memory than ``max_memory``."""
-        if self.draining:
-            return
-        if (self._credit.all_taken() and not self._runner.waiting
-                and self._handover.lone is None):
-            log.debug("started its %d tasks; leaving to be replaced", self._credit.max_tasks)
-            self._recycle, self.draining = Exit.RECYCLE, True
-        elif finished and self.max_memory is not None:
-            used = rss()
-            if used > self.max_memory:
-                log.debug("uses %d bytes of memory, more than %d; leaving to be replaced",
-                          used, self.max_memory)
-                self._recycle, self.draining = Exit.RECYCLE_MEMORY, True
 
 
 def _parent_gone(watch_fds: tuple) -> bool:
