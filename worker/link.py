@@ -6,7 +6,9 @@ with a delay that doubles up to a cap, the handshake watch, and the sleep in
 ``poll``, where the socket's turn (protocol.sockets.SocketTurn) lets a task
 thread use it (see worker/handover.py). The agent's loop decides what to say
 and when to start over; this class only carries it out. It is meant to give
-way to a DEALER connection class shared with the client.
+way to a DEALER connection class shared with the client: what the agent and
+the handover use of it is its public names (``socket``, ``turn``, ``waker``,
+``broker_seen``, ``last_send``, the heartbeat numbers, and the methods).
 """
 from __future__ import annotations
 
