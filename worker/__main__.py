@@ -17,7 +17,7 @@ RET_OK = 0  # drained and left, or stopped by a signal
 RET_USAGE = 2  # bad command line (argparse's own code)
 # Other codes are those of worker.agent.Exit (4: refused by the broker, 5: parent gone;
 # 6, 7 and 8, recycled, only pass between a worker process and its supervisor). 1 is also
-# how faulthandler ends a process whose task held the GIL past its timeout (worker.runner.
+# how faulthandler ends a process whose task held the GIL past its timeout (worker.deadlines.
 # BACKSTOP_GRACE): after its stacks on stderr, so a supervisor restarts it as after a crash.
 
 
