@@ -80,8 +80,9 @@ import threading
 import time
 
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Bye, Dispatch, Drain, Heartbeat, Hello, Op, ProtocolError, Role,
-    Withdraw, Withdrawn, WorkerResults, decode, header_budget, split_frames, unpack_payloads,
+    PROTOCOL_VERSION, Bye, Dispatch, DispatchRow, Drain, Heartbeat, Hello, Op, ProtocolError,
+    Role, TaskRow, Withdraw, Withdrawn, WorkerResults, decode, header_budget, split_frames,
+    unpack_payloads,
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.security import Security
@@ -349,7 +350,7 @@ class Agent:
                 runner.initializers.add(client_id, frames)
         for client_id, version in dispatch.pythons:
             runner.initializers.client_pythons[client_id] = version
-        groups = unpack_payloads(dispatch.tasks, 2, payload[first:])
+        groups = unpack_payloads(dispatch.tasks, DispatchRow.nframes, payload[first:])
         if handover.lone is not None:  # not alone after all: queued first, in order
             runner.submit(*handover.lone)
             handover.lone = None
@@ -389,7 +390,7 @@ class Agent:
         self._credit.given_back(len(taken), asked=bool(request_id))
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
                                     self.draining, time.monotonic())
-        self._send(Withdrawn(request_id, [list(k) for k in taken], credit))
+        self._send(Withdrawn(request_id, [TaskRow(*k) for k in taken], credit))
 
     def send_results(self) -> None:
         """What the runner's threads did since the last call, in RESULTS

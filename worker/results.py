@@ -4,7 +4,7 @@ past their timeouts. No sockets (tested in tests/test_worker_results_batching.py
 """
 from __future__ import annotations
 
-from zeropool.protocol import pack_payload, text_size
+from zeropool.protocol import TaskRow, WorkerOutputRow, WorkerResultRow, pack_payload, text_size
 from zeropool.protocol.errors import TaskTimeoutError
 from zeropool.protocol.payload import dumps_exception
 
@@ -38,9 +38,9 @@ def take_batch(events, budget: int, running: set, unreported: set,
             size += text_size(text)
             last = printed[-1] if printed else None
             if last and last[0] == key[0] and last[1] == key[1] and last[2] == stream:
-                last[3].append(text)  # print() writes the text and its newline apart
+                last[WorkerOutputRow.text].append(text)  # print() writes the text and its newline apart
             else:
-                printed.append([key[0], key[1], stream, [text]])
+                printed.append(WorkerOutputRow(key[0], key[1], stream, [text]))  # joined below
         else:
             _, key, status, frames, run_time = event
             took(run_time)
@@ -48,13 +48,14 @@ def take_batch(events, budget: int, running: set, unreported: set,
             running.discard(key)
             unreported.discard(key)
             nframes, inline, frames = pack_payload(frames)
-            results.append([key[0], key[1], int(status), nframes, inline])
+            results.append(WorkerResultRow(key[0], key[1], int(status), nframes, inline))
             payload.extend(frames)
             size += len(inline) + 16
     unreported.difference_update(started)
+    text = WorkerOutputRow.text
     for row in printed:
-        row[3] = "".join(row[3])
-    return results, [list(k) for k in started] if started else [], payload, printed
+        row[text] = "".join(row[text])
+    return results, [TaskRow(*k) for k in started] if started else [], payload, printed
 
 
 def timed_out(overdue: list, where: str) -> list:
