@@ -20,7 +20,7 @@ Callers pickle their call themselves, so a pickling error raises from
 
 The hand-over: a task submitted with nothing else in flight is sent by its
 caller, while the loop sleeps (``Connection.borrow``, ``_send_alone``),
-saving two thread hand-offs on a lone round trip. Everything else a caller
+saving a thread hand-off on a lone round trip. Everything else a caller
 wants sent goes through the outbox and the waker.
 
 Cancel requests (client/table.py) are decided by the broker: ``cancel()``
