@@ -235,18 +235,18 @@ class Session:
 
     def _serve(self) -> None:
         """The loop: wait, read, send what callers queued, then the timed chores."""
-        connection, table = self._connection, self._table
+        connection, table, on_message = self._connection, self._table, self._on_message
         connection.connect(self.client_id, *self._hello)
         while True:
             events = connection.poll()
-            refusal = connection.handshake_failure(events)
+            refusal = connection.handshake.failure(events)
             if refusal is not None:
                 # Keys do not mend themselves: waiting would only turn this
                 # into a timeout that hides the reason.
                 log.error("cannot connect to the broker at %s: %s", self.address, refusal)
                 self.broker.refused = refusal
                 return
-            if connection.read(self._on_message) is not None:
+            if connection.read(on_message) is not None:
                 return  # refused
             connection.waker.clear(connection.waker.fd in events)
             self._drain_outbox()

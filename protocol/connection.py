@@ -14,7 +14,7 @@ monitor; ``end`` also the context, once the program is done.
 The loop. The program's one loop holds ``turn`` (``with connection.turn:``)
 and calls ``poll`` with its own earliest deadline; ``poll`` also wakes for
 the heartbeat chores and sleeps without the turn, on descriptors only. Then
-``handshake_failure(events)`` says why a handshake failed (wrong or missing
+``handshake.failure(events)`` says why a handshake failed (wrong or missing
 keys), ``read(handle)`` hands every waiting message to the program, and
 ``heartbeat(now)`` sends a HEARTBEAT when one is due, or says that the
 broker is gone (silent for ``liveness`` intervals, or ZeroMQ connected again
@@ -162,10 +162,6 @@ class Connection:
             wait = timeout
         return self.turn.poll(self._pollers[0 if with_socket else 1], self.socket,
                               max(0.0, wait) * 1000)
-
-    def handshake_failure(self, events: dict) -> str | None:
-        """Why handshakes fail (the keys), if the events just polled say so."""
-        return self.handshake.failure(events)
 
     def read(self, handle: Callable[[Any, list], Any]) -> Any:
         """Give every waiting message to ``handle(message, payload)``, until
