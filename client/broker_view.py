@@ -28,6 +28,7 @@ class BrokerView:
         self._workers_changed = threading.Condition()
 
     def welcome(self, welcome: Any) -> None:
+        """A WELCOME: connected, under the broker's size limit."""
         self.max_message_size = welcome.max_message_size
         self.connected = True
 

@@ -192,6 +192,7 @@ class Session:
         self._connection.waker.wake()
 
     def pending_futures(self) -> list[TaskFuture]:
+        """The futures of the tasks not answered yet."""
         return self._table.futures()
 
     def close(self, wait: bool = True, force: bool = False) -> None:
@@ -282,6 +283,7 @@ class Session:
         return True
 
     def _reconnect(self) -> None:
+        """A new connection, on which every unanswered task goes again."""
         connection = self._connection
         log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
                     self.address, connection.heartbeat_interval * connection.liveness,

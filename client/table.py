@@ -208,14 +208,17 @@ class TaskTable:
         return len(tasks)
 
     def sent_ids(self) -> list[int]:
+        """The tasks sent and not answered."""
         with self.lock:
             return [task.task_id for task in self.pending.values() if task.sent]
 
     def futures(self) -> list[TaskFuture]:
+        """A snapshot of the pending futures."""
         with self.lock:
             return list(self.pending.values())
 
     def fail_all(self, exc: BaseException) -> None:
+        """Fail every pending task with ``exc``; results that come later are dropped."""
         with self.lock:
             tasks = list(self.pending.values())
             self.pending.clear()
@@ -245,6 +248,7 @@ class CancelRequests:
         self._asked: dict[int, CancelRequest] = {}
 
     def new(self, task_ids: list[int], queued_only: bool) -> CancelRequest:
+        """A request under a new id (from any thread: the counter is atomic)."""
         return CancelRequest(task_ids, next(self._request_ids), queued_only)
 
     def asked(self, request: CancelRequest) -> None:
@@ -252,6 +256,7 @@ class CancelRequests:
         self._asked[request.request_id] = request
 
     def answered(self, request_id: int) -> CancelRequest | None:
+        """The request a CANCEL_REPLY answers (None: released already)."""
         return self._asked.pop(request_id, None)
 
     def release_all(self) -> None:

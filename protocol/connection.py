@@ -26,17 +26,24 @@ Other senders. Another thread may send while the loop sleeps in ``poll``:
 ``borrow()`` (True if the socket is free now), send, ``give_back()``. This is
 the one way a second thread uses the socket (protocol.sockets.SocketTurn).
 
-Adopting it in the worker: its ``_connect`` becomes ``connect(worker_id,
-Hello(...))`` (a new id per connection; its credit and a DRAIN after it
-are the worker's), ``_send``/``_close_socket`` become ``send``/``close``
-(taking the socket back from a task thread first stays the worker's), and
-``_reconnect`` becomes ``close(); back_off(); connect(...)``. Its signal pipe
-and watched pipes go in ``fds`` before the first ``connect``; while it has
-lent the socket to a task thread it polls with ``with_socket=False``, and
-the task thread sleeps on ``turn.poll`` over its own poller. It reads what
-waits before calling ``heartbeat(now)`` (the loop may have been held up while
-heartbeats queued), as any program using this class does. Unlike today's
-worker, ``read`` also logs and skips a ProtocolError raised by a handler.
+Adopting it in the worker (worker/agent.py): ``Connection(address, log,
+security=..., heartbeat_interval=..., liveness=..., max_message_size=...)``
+(its MAXMSGSIZE); its ``_connect`` becomes ``connect(worker_id, Hello(...))``
+with a new id per connection (its credit, and a DRAIN after it when
+draining, stay the worker's); ``_send`` becomes ``send`` (which leaves
+``last_send`` alone when nothing went); ``_close_socket`` becomes ``close``
+after taking the socket back from a task thread; ``_reconnect`` becomes
+``close(); back_off(); connect(...)``; the WELCOME handler calls
+``welcome``. Its signal and watched pipes go in ``fds`` before the first
+``connect`` and come back in ``poll``'s events. While a task thread watches
+the lent socket the loop polls ``with_socket=False``, and that thread sleeps
+in ``turn.poll`` over a poller of its own, on ``socket``'s ZMQ_FD.
+``read(handle)`` serves both (``_read_all``'s Exit is what ``handle``
+returns); it reads what waits before ``heartbeat(now)`` judges the broker by
+its silence. The info line on a connection ZeroMQ made again is logged by
+the worker, on ``handshake.handshakes > 1``, before ``heartbeat(now)``.
+Unlike today's worker, ``read`` also logs and skips a ProtocolError that a
+handler raises.
 """
 from __future__ import annotations
 
