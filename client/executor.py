@@ -193,11 +193,11 @@ class Executor(_Submitting):
         # Its workers attached (they start in parallel, in about the time the
         # first task would wait for them anyway), so that the pool is whole
         # from the start, as a process pool's is.
-        if self._cluster is not None and not self._session.wait_for_workers(
+        if self._cluster is not None and not self._session.broker.wait_for_workers(
                 self._cluster.workers, connect_timeout):
             log.warning("the embedded cluster's %d worker processes have not all attached "
                         "within %gs; going on with %d", self._cluster.workers, connect_timeout,
-                        self._session.workers)
+                        self._session.broker.workers)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         # Dropped without shutdown(): finish the pending work, then disconnect.
@@ -217,7 +217,7 @@ class Executor(_Submitting):
             return self._cluster.workers
         if self._cap is not None:
             return self._cap
-        return max(1, self._session.workers)
+        return max(1, self._session.broker.workers)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> Future:
         return self._submit(fn, args, kwargs, None)

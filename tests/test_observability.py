@@ -166,10 +166,10 @@ def test_task_output_goes_to_the_descriptor_of_the_processs_own_stream(
 
 
 def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
-    from zeropool.client.session import _write_output
+    from zeropool.client.output import write_output
     replaced = io.StringIO()
     monkeypatch.setattr("sys.stdout", replaced)
-    _write_output(1, "line\n")
+    write_output(1, "line\n")
     assert replaced.getvalue() == "line\n"
 
 
@@ -177,16 +177,15 @@ def test_task_output_to_a_replaced_stream_goes_through_its_write(monkeypatch):
 def test_lines_of_tasks_printing_at_once_never_mix(monkeypatch, mode):
     # print() writes a line and its newline apart: they can arrive in two
     # messages, with another task's output between them.
-    from zeropool.client.session import Session
-    session = Session.__new__(Session)  # only the output path, no connection
-    session._pending, session._partial, session._task_output = {1: None, 2: None}, {}, mode
+    from zeropool.client.output import TaskOutput
+    output, pending = TaskOutput(mode), {1, 2}
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
-    session._print([[1, 1, "one a", "w1"]])
-    session._print([[2, 1, "two a\n", "w2"], [1, 1, "\none b\n", "w1"]])
-    session._print([[1, 1, "one c", "w1"]])
+    output.show([[1, 1, "one a", "w1"]], pending)
+    output.show([[2, 1, "two a\n", "w2"], [1, 1, "\none b\n", "w1"]], pending)
+    output.show([[1, 1, "one c", "w1"]], pending)
     assert out.getvalue().replace("[w1] ", "").replace("[w2] ", "") == "two a\none a\none b\n"
-    session._flush_partial(1)  # the task ended with its last line open
+    output.flush(1)  # the task ended with its last line open
     expected = "two a\none a\none b\none c"
     if mode == "prefix":
         expected = "[w2] two a\n[w1] one a\n[w1] one b\n[w1] one c"

@@ -126,10 +126,10 @@ def test_a_submit_interrupted_mid_send_still_runs_its_task(shared_cluster, monke
     message went: the task is neither lost nor sent twice, and the executor
     goes on (the connection with the half message is replaced)."""
     from zeropool.client import Executor
-    from zeropool.client import session as session_module
+    from zeropool.protocol import connection as connection_module
     from tests.helpers import square
 
-    real = session_module.send_frames
+    real = connection_module.send_frames
     interrupts = []
 
     def interrupted(sock, frames, flags=0):
@@ -141,7 +141,7 @@ def test_a_submit_interrupted_mid_send_still_runs_its_task(shared_cluster, monke
 
     with Executor(shared_cluster) as ex:
         assert ex.submit(square, 2).result(timeout=30) == 4  # connected; nothing in flight
-        monkeypatch.setattr(session_module, "send_frames", interrupted)
+        monkeypatch.setattr(connection_module, "send_frames", interrupted)
         with pytest.raises(KeyboardInterrupt):
             ex.submit(square, 3)
         assert interrupts  # it was sent from this thread, and interrupted
