@@ -14,7 +14,7 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures._base import PENDING as _PENDING
 from typing import Any, Callable
 
-from zeropool.protocol import TaskOptions, context, pack_payload
+from zeropool.protocol import SubmitRow, TaskOptions, context, pack_payload
 
 
 class _Condition(threading.Condition):
@@ -91,9 +91,7 @@ class TaskFuture(Future):
     def row(self) -> tuple[list, list]:
         """Its SUBMIT row and payload frames."""
         nframes, inline, frames = pack_payload(self.frames)
-        if self.options is None:
-            return [self.task_id, nframes, inline], frames
-        return [self.task_id, nframes, inline, self.options], frames
+        return SubmitRow(self.task_id, nframes, inline, self.options), frames
 
 
 class _NestedWaiters(list):

@@ -48,10 +48,7 @@ from zeropool.client.broker_view import BrokerView
 from zeropool.client.errors import (
     BrokerUnreachable, UnsatisfiableWarning, VersionMismatchWarning, WorkerLostError,
 )
-# _Condition and _LEAN_FUTURES too: tests pin the lean futures by these names.
-from zeropool.client.futures import (  # noqa: F401
-    _LEAN_FUTURES, NestedFuture, TaskFuture, _Condition, finish, stored,
-)
+from zeropool.client.futures import NestedFuture, TaskFuture, finish, stored
 from zeropool.client.output import TaskOutput
 from zeropool.client.table import CancelRequests, TaskTable, initializer_error
 from zeropool.protocol import (

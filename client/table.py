@@ -14,7 +14,7 @@ from zeropool.client.errors import (
 )
 from zeropool.client.futures import TaskFuture, cancel_now, finish, start, stored
 from zeropool.client.output import TaskOutput
-from zeropool.protocol import ClientResults, Status, unpack_payloads
+from zeropool.protocol import ClientResultRow, ClientResults, Status, unpack_payloads
 from zeropool.protocol.payload import dumps_call, loads_call, loads_result, send_module_by_value
 
 log = logging.getLogger("zeropool.client")
@@ -102,7 +102,7 @@ class TaskTable:
         if message.output and output is not None:
             output.show(message.output, pending)  # before the results: output precedes the end
         partial = output.partial if output is not None else None
-        groups = unpack_payloads(message.results, 2, payload)
+        groups = unpack_payloads(message.results, ClientResultRow.nframes, payload)
         for (task_id, status, _, _), frames in zip(message.results, groups):
             # One at a time: a task stays in the table (where a failure of this
             # loop, or a broken initializer, still finds it) until it is answered.

@@ -1197,15 +1197,15 @@ def test_zeropool_futures_use_the_lean_condition_here():
     # TaskFuture sets Future's and Condition's private attributes itself when
     # they are the ones it knows; on this interpreter that path must be the one
     # the contract tests above exercise.
-    from zeropool.client import session
-    assert session._LEAN_FUTURES
-    future = session.TaskFuture(None, 1, b"")
-    assert type(future._condition) is session._Condition
+    from zeropool.client import futures
+    assert futures._LEAN_FUTURES
+    future = futures.TaskFuture(None, 1, b"")
+    assert type(future._condition) is futures._Condition
     assert set(vars(future)) >= set(vars(cf.Future()))
 
 
 def test_the_lean_condition_waits_notifies_and_reenters():
-    from zeropool.client.session import _Condition
+    from zeropool.client.futures import _Condition
     condition = _Condition()
     with condition:
         with condition:  # an RLock, as Future's is

@@ -290,6 +290,10 @@ def test_a_higher_task_asks_back_lower_ones_a_worker_holds_unstarted(programs):
         low = [ex.submit(helpers.identity, i) for i in range(3)]
         held = worker.dispatched(3)
         worker.send(WorkerResults([], started=[held[0]]))
+        # The client hears of the start from the broker: once it has, the
+        # broker knows which of the three runs when the high one arrives.
+        first = next(f for f in low if f.task_id == held[0][1])
+        wait_until(first.running, 30, what="the broker to note the start")
         high = ex.options(priority=5).submit(helpers.identity, 99)
         ask, _, _ = worker.expect(Op.WITHDRAW)
         assert sorted(map(tuple, ask.tasks)) == sorted(map(tuple, held[1:]))
