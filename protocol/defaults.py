@@ -8,8 +8,9 @@ import platform
 # Bumped on any incompatible change to messages.py, frames.py or payload.py
 # (3: a call may carry its function's pickle as bytes, which older workers
 # would try to call; 4: tasks carry options, priority and resources, that an
-# older broker would refuse, and workers offer resources).
-PROTOCOL_VERSION = 4
+# older broker would refuse, and workers offer resources; 5: a map chunk
+# carries its function's pickle as bytes, which older workers would call).
+PROTOCOL_VERSION = 5
 
 # A connection silent for HEARTBEAT_LIVENESS * HEARTBEAT_INTERVAL seconds is
 # closed by libzmq, and its peer is dead (see broker.server, "Liveness"); a peer

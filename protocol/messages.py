@@ -195,7 +195,7 @@ class Message:
 # -- the types of values on the wire (see protocol.wire) ----------------------
 
 def uint(what: str, limit: int = _U64) -> Type:
-    return Type(what, f"type(v) is not int or not 0 <= v <= {limit}")
+    return Type(what, f"type(v) is not int or not 0 <= v <= {limit}", rule=f"an int from 0 to {limit}")
 
 
 U64 = uint("unsigned 64-bit int")
@@ -203,19 +203,22 @@ TASK_ID = uint("task id")
 FRAME_COUNT = uint("frame count")
 CREDIT = uint("credit", 1 << 20)
 PEER_ID = Type("peer id", f"type(v) is not bytes or not 0 < len(v) <= {MAX_PEER_ID}")
-INLINE = Type("inline payload (bytes)", "type(v) is not bytes")
+INLINE = Type("inline payload", "type(v) is not bytes", rule="bytes")
 STATUS = Type("status", "type(v) is not int or v not in _STATUSES",
-              names={"_STATUSES": frozenset(int(s) for s in Status)})
-STREAM = Type("output stream (1 or 2)", "type(v) is not int or v not in (1, 2)")
-STR = Type("text", "type(v) is not str")
-TEXT = Type(f"text of at most {MAX_TEXT} characters",
-            f"type(v) is not str or len(v) > {MAX_TEXT}")
-PYTHON_VERSION = Type("Python version", "type(v) is not str or len(v) > 64")
-BOOL = Type("bool", "type(v) is not bool")
-MAP = Type("map", "type(v) is not dict")
-INTERVAL = Type("seconds, 0 to 3600", "type(v) not in (int, float) or not 0 < v < 3600",
-                then="float(v)")
+              names={"_STATUSES": frozenset(int(s) for s in Status)},
+              rule="one of " + ", ".join(str(int(s)) for s in Status))
+STREAM = Type("output stream", "type(v) is not int or v not in (1, 2)", rule="1 or 2")
+STR = Type("text", "type(v) is not str", rule="text")
+TEXT = Type("text", f"type(v) is not str or len(v) > {MAX_TEXT}",
+            rule=f"text of at most {MAX_TEXT} characters")
+PYTHON_VERSION = Type("Python version", "type(v) is not str or len(v) > 64",
+                      rule="text of at most 64 characters")
+BOOL = Type("flag", "type(v) is not bool", rule="true or false")
+MAP = Type("report", "type(v) is not dict", rule="a map")
+INTERVAL = Type("interval", "type(v) not in (int, float) or not 0 < v < 3600",
+                then="float(v)", rule="seconds, more than 0 and less than 3600")
 ROLE = Type("role", "type(v) is not str or v not in _ROLE_NAMES", then="Role(v)",
+            rule="'client' or 'worker'",
             send="{}.value", names={"_ROLE_NAMES": frozenset(r.value for r in Role), "Role": Role})
 
 

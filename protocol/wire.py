@@ -58,8 +58,10 @@ class Type:
     expressions refer to besides ``v`` and builtins."""
 
     def __init__(self, what: str, bad: str = "False", then: str = "v", send: str = "{}",
-                 names: dict | None = None) -> None:
+                 names: dict | None = None, rule: str = "") -> None:
         self.what, self.bad, self.then, self.send = what, bad, then, send
+        # What a refused value should have been, for the error: "an int from 0 to 9".
+        self.rule = f" ({rule})" if rule else ""
         self.names = names or {}
 
 
@@ -109,7 +111,7 @@ def list_of(item: Type, what: str, most: int | None = None) -> Type:
                   f"        raise ProtocolError(f'{{key!r}} holds more than {most} entries')"]
     converts = item.then != "v"
     lines.append("    for i, v in enumerate(values):" if converts else "    for v in values:")
-    lines += _check(item, "values[i]" if converts else "v", f"bad {item.what}: ", names, " " * 8)
+    lines += _check(item, "values[i]" if converts else "v", f"bad {item.what}{item.rule}: ", names, " " * 8)
     lines.append("    return values")
     check = _compile("\n".join(lines), names, "check")
     name = f"_list{next(_counter)}"
@@ -158,7 +160,7 @@ def _row_checker(name: str, columns: dict, width: int, extra: Callable | None,
         converts = wire_type.then != "v"
         lines.append(f"{indent}v = row[{index}]")
         lines += _check(wire_type, f"row[{index}]" if converts else "v",
-                        f"bad {wire_type.what} in a {name}: ", names, indent)
+                        f"bad {wire_type.what} in a {name}{wire_type.rule}: ", names, indent)
     if extra is not None:
         order = list(columns)
         lines.append(f"        _extra({', '.join(f'row[{order.index(c)}]' for c in extra_columns)})")
@@ -237,6 +239,6 @@ def _parser(cls: type, fields: dict) -> Callable:
             lines += ["    if v is _MISSING:",
                       f"        raise ProtocolError(\"missing key '{name}'\")"]
             indent = " " * 4
-        lines += _check(wire_type, name, f"bad {name!r} ({wire_type.what}): ", names, indent)
+        lines += _check(wire_type, name, f"bad {name!r}{wire_type.rule or f' ({wire_type.what})'}: ", names, indent)
     lines.append(f"    return cls({', '.join(fields)})")
     return _compile("\n".join(lines), names, "parse")

@@ -71,3 +71,21 @@ def test_optional_header_keys_are_sent_only_when_set():
     assert "output" not in protocol.WorkerResults([]).header()
     assert protocol.WorkerResults([], output=[[b"c", 1, 1, "x"]]).header()["output"]
     assert protocol.Cancel(1, [2]).header() == {"op": "cancel", "request_id": 1, "task_ids": [2]}
+
+
+@pytest.mark.parametrize("header, words", [
+    ({"op": "hello", "role": "worker", "version": protocol.PROTOCOL_VERSION, "credit": 1 << 21,
+      "init_frames": 0, "pid": 1, "host": "h", "threads": 1},
+     "bad 'credit' (an int from 0 to 1048576): 2097152"),
+    ({"op": "hello", "role": "nobody", "version": protocol.PROTOCOL_VERSION},
+     "bad 'role' ('client' or 'worker'): 'nobody'"),
+    ({"op": "submit", "tasks": [[1, 0, "x"]]}, "bad inline payload in a SubmitRow (bytes): 'x'"),
+    ({"op": "results", "results": [[1, 9, 0, b"x"]], "started": [], "errors": []},
+     "bad status in a ClientResultRow (one of 0, 1, 2, 3): 9"),
+    ({"op": "bye"}, "missing key 'reason'"),
+])
+def test_a_refused_value_is_named_with_what_it_should_have_been(header, words):
+    import msgpack
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.decode([msgpack.packb(header)])
+    assert str(refused.value) == words
