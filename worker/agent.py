@@ -1,15 +1,15 @@
 """A worker's I/O loop, the owner of its socket.
 
-            Link (DEALER)        Agent (this loop)                       Runner
-    broker --DISPATCH--> read() ---> on_dispatch ----(key, frames)---->  threads run
+         Connection (DEALER)     Agent (this loop)                       Runner
+    broker --DISPATCH--> read() ---> on_message ----(key, frames)---->  threads run
            <--RESULTS--- send() <--- send_results <---events + waker---  the calls
                                           |          |
                                        Credit     results.take_batch
                                 (how many to ask)  (one RESULTS)
 
-    Handover: while the loop sleeps in Link.poll, the task thread that has
-    just finished may take the socket's turn, to send its own result, or to
-    watch the socket and run a lone task itself.
+    Handover: while the loop sleeps in Connection.poll, the task thread
+    that has just finished may take the socket's turn, to send its own
+    result, or to watch the socket and run a lone task itself.
 
 Agent (this module): the loop. It polls the socket, the runner's waker and
 a signal pipe, reads every waiting message, then sends one RESULTS with
@@ -18,15 +18,19 @@ credit for the tasks it can take next, and runs its timed chores as named
 steps (_chores). A task that runs for minutes never stalls it, so heartbeats
 and other results keep flowing.
 
-Link (worker/link.py): the DEALER socket and all that knows it: connecting
-and greeting, sending, heartbeat numbers, reconnecting with a delay that
-doubles up to a cap, the handshake watch, and the sleep in poll, during
-which the socket's turn is free. If the broker falls silent for
-``liveness`` heartbeats the worker reconnects and offers the slots it has
-free; it reads what waits first, since this loop may itself have been held
-up (a task keeping the GIL) while the broker's heartbeats queued. It also
-starts over when ZeroMQ has connected its socket again by itself, since
-messages on the old connection may be lost. The connection has ZMTP
+Connection (protocol/connection.py, shared with the client): the DEALER
+socket and all that knows it: sending, heartbeat numbers, the back-off
+between attempts, the handshake watch, and the sleep in poll, during which
+the socket's turn is free. The agent says what a connection starts with (a
+new routing id each time, a HELLO with its free slots, a DRAIN if it
+drains) and when to start over, and logs why. If the broker falls silent
+for ``liveness`` heartbeats the worker reconnects and offers the slots it
+has free; it reads what waits first, since this loop may itself have been
+held up (a task keeping the GIL) while the broker's heartbeats queued. It
+also starts over when ZeroMQ has connected its socket again by itself,
+since messages on the old connection may be lost; and, unlike a client,
+keeps retrying after a failed handshake (keys may be fixed meanwhile).
+The connection has ZMTP
 heartbeats, which libzmq's I/O thread answers without the GIL
 (protocol.sockets.keep_alive): a task holding the GIL does not make the
 broker take this worker for dead. A worker whose parent has gone
@@ -273,7 +277,7 @@ class Agent:
                      connection.address)
         if connection.heartbeat(time.monotonic()):
             return None
-        # The broker went with it: no reconnecting, no warning.
+        # A parent that has exited took its broker with it: no reconnecting, no warning.
         if _parent_gone(self.watch_fds):
             log.info("parent process has exited; stopping")
             return Exit.PARENT_GONE
