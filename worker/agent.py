@@ -88,8 +88,8 @@ import threading
 import time
 
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Bye, Dispatch, DispatchRow, Drain, Hello, Op, Role, TaskRow, Withdraw,
-    Withdrawn, WorkerResults, header_budget, split_frames, unpack_payloads,
+    PROTOCOL_VERSION, Bye, DispatchRow, Drain, Hello, Op, Role, TaskRow, Withdraw, Withdrawn,
+    WorkerResults, header_budget, split_frames, unpack_payloads,
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.connection import Connection
@@ -344,7 +344,7 @@ class Agent:
             self._connection.broker_seen = 0.0  # reconnect on the next pass
         return None
 
-    def on_message(self, message: Dispatch, payload: list) -> Exit | None:
+    def on_message(self, message, payload: list) -> Exit | None:
         """Connection.read's handler: one message from the broker; returns
         how to leave, if so. A DISPATCH is handled here, without another call
         per task."""
