@@ -23,27 +23,19 @@ by itself, which may have lost what was on its way): the program then calls
 A WELCOME is given to ``welcome``: the broker's heartbeat settings rule.
 
 Other senders. Another thread may send while the loop sleeps in ``poll``:
-``borrow()`` (True if the socket is free now), send, ``give_back()``. This is
-the one way a second thread uses the socket (protocol.sockets.SocketTurn).
+``borrow()`` (True if the socket is free now), send, ``give_back()``; or it
+is lent the socket (the worker's, below). Both go by protocol.sockets.SocketTurn.
 
-Adopting it in the worker (worker/agent.py): ``Connection(address, log,
-security=..., heartbeat_interval=..., liveness=..., max_message_size=...)``
-(its MAXMSGSIZE); its ``_connect`` becomes ``connect(worker_id, Hello(...))``
-with a new id per connection (its credit, and a DRAIN after it when
-draining, stay the worker's); ``_send`` becomes ``send`` (which leaves
-``last_send`` alone when nothing went); ``_close_socket`` becomes ``close``
-after taking the socket back from a task thread; ``_reconnect`` becomes
-``close(); back_off(); connect(...)``; the WELCOME handler calls
-``welcome``. Its signal and watched pipes go in ``fds`` before the first
-``connect`` and come back in ``poll``'s events. While a task thread watches
-the lent socket the loop polls ``with_socket=False``, and that thread sleeps
-in ``turn.poll`` over a poller of its own, on ``socket``'s ZMQ_FD.
-``read(handle)`` serves both (``_read_all``'s Exit is what ``handle``
-returns); it reads what waits before ``heartbeat(now)`` judges the broker by
-its silence. The info line on a connection ZeroMQ made again is logged by
-the worker, on ``handshake.handshakes > 1``, before ``heartbeat(now)``.
-Unlike today's worker, ``read`` also logs and skips a ProtocolError that a
-handler raises.
+The worker (worker/agent.py, worker/handover.py). It connects with a new
+routing id each time and sends a DRAIN after its HELLO when draining; it
+puts its signal pipe and watched parent pipes in ``fds``; it keeps trying
+after a handshake failure, logs the reconnect and "made again" lines
+itself (on ``handshake.handshakes > 1``, before ``heartbeat(now)``), and
+raises the socket's LINGER before ``close`` when a last message must leave.
+While a task thread watches the lent socket the loop polls
+``with_socket=False``, and that thread sleeps in ``turn.poll`` over a
+poller of its own, on ``socket``'s ZMQ_FD, calling ``read`` itself.
+``read`` also logs and skips a ProtocolError that a handler raises.
 """
 from __future__ import annotations
 

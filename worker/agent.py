@@ -1,15 +1,15 @@
 """A worker's I/O loop, the owner of its socket.
 
-            Link (DEALER)        Agent (this loop)                       Runner
-    broker --DISPATCH--> read() ---> on_dispatch ----(key, frames)---->  threads run
+         Connection (DEALER)     Agent (this loop)                       Runner
+    broker --DISPATCH--> read() ---> on_message ----(key, frames)---->  threads run
            <--RESULTS--- send() <--- send_results <---events + waker---  the calls
                                           |          |
                                        Credit     results.take_batch
                                 (how many to ask)  (one RESULTS)
 
-    Handover: while the loop sleeps in Link.poll, the task thread that has
-    just finished may take the socket's turn, to send its own result, or to
-    watch the socket and run a lone task itself.
+    Handover: while the loop sleeps in Connection.poll, the task thread
+    that has just finished may take the socket's turn, to send its own
+    result, or to watch the socket and run a lone task itself.
 
 Agent (this module): the loop. It polls the socket, the runner's waker and
 a signal pipe, reads every waiting message, then sends one RESULTS with
@@ -18,15 +18,19 @@ credit for the tasks it can take next, and runs its timed chores as named
 steps (_chores). A task that runs for minutes never stalls it, so heartbeats
 and other results keep flowing.
 
-Link (worker/link.py): the DEALER socket and all that knows it: connecting
-and greeting, sending, heartbeat numbers, reconnecting with a delay that
-doubles up to a cap, the handshake watch, and the sleep in poll, during
-which the socket's turn is free. If the broker falls silent for
-``liveness`` heartbeats the worker reconnects and offers the slots it has
-free; it reads what waits first, since this loop may itself have been held
-up (a task keeping the GIL) while the broker's heartbeats queued. It also
-starts over when ZeroMQ has connected its socket again by itself, since
-messages on the old connection may be lost. The connection has ZMTP
+Connection (protocol/connection.py, shared with the client): the DEALER
+socket and all that knows it: sending, heartbeat numbers, the back-off
+between attempts, the handshake watch, and the sleep in poll, during which
+the socket's turn is free. The agent says what a connection starts with (a
+new routing id each time, a HELLO with its free slots, a DRAIN if it
+drains) and when to start over, and logs why. If the broker falls silent
+for ``liveness`` heartbeats the worker reconnects and offers the slots it
+has free; it reads what waits first, since this loop may itself have been
+held up (a task keeping the GIL) while the broker's heartbeats queued. It
+also starts over when ZeroMQ has connected its socket again by itself,
+since messages on the old connection may be lost; and, unlike a client,
+keeps retrying after a failed handshake (keys may be fixed meanwhile).
+The connection has ZMTP
 heartbeats, which libzmq's I/O thread answers without the GIL
 (protocol.sockets.keep_alive): a task holding the GIL does not make the
 broker take this worker for dead. A worker whose parent has gone
@@ -71,26 +75,28 @@ futures gives its slot back (Runner), offered to the broker as credit.
 """
 from __future__ import annotations
 
+import dataclasses
 import enum
+import itertools
 import logging
+import math
 import os
 import select
 import signal
+import socket as socketlib
 import threading
 import time
 
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Bye, Dispatch, DispatchRow, Drain, Heartbeat, Hello, Op, ProtocolError,
-    Role, TaskRow, Withdraw, Withdrawn, WorkerResults, decode, header_budget, split_frames,
-    unpack_payloads,
+    PROTOCOL_VERSION, Bye, DispatchRow, Drain, Hello, Op, Role, TaskRow, Withdraw, Withdrawn,
+    WorkerResults, header_budget, split_frames, unpack_payloads,
 )
 from zeropool.protocol import defaults
+from zeropool.protocol.connection import Connection
 from zeropool.protocol.security import Security
-from zeropool.protocol.sockets import readable, recv_frames
 from zeropool.worker.credit import GIVE_BACK_AFTER, Credit
 from zeropool.worker.deadlines import BACKSTOP_GRACE
 from zeropool.worker.handover import Handover
-from zeropool.worker.link import Link
 from zeropool.worker.memory import rss
 from zeropool.worker.results import take_batch, timed_out
 from zeropool.worker.runner import Runner
@@ -132,19 +138,26 @@ class Agent:
                  max_tasks: int | None = None,
                  max_memory: int | None = None,
                  resources: dict | None = None) -> None:
-        self._resources = dict(resources or {})
+        host = socketlib.gethostname()[:64]
+        # What every HELLO says, but the credit (see _connect).
+        self._hello = Hello(Role.WORKER, PROTOCOL_VERSION, pid=os.getpid(), host=host,
+                            threads=threads, resources=dict(resources or {}),
+                            versions=defaults.versions())
+        # A new routing id per connection: messages still in flight on a dropped
+        # one (a cut link coming back) must not pass for the new one's.
+        name = f"w-{host}-{os.getpid()}-{os.urandom(3).hex()}"
+        self._worker_ids = (f"{name}-{n}".encode() for n in itertools.count(1))
         # Recycling: the RSS in bytes past which it leaves after a task (None: no
         # limit); max_tasks is the credit's.
         self.max_memory = max_memory
         # Pipes whose writers (the process that started us) hold the other end:
         # readable means that process is gone, and so should we be.
         self.watch_fds = tuple(watch_fds)
-        self._link = Link(address, self._greeting, heartbeat_interval=heartbeat_interval,
-                          liveness=liveness, max_message_size=max_message_size,
-                          security=security)
-        self._send = self._link.send
-        self._handover = Handover(self, self._link)
-        self._runner = Runner(threads, self._link.waker.wake, self._handover.task_finished,
+        self._connection = Connection(address, log, security=security,
+                                      heartbeat_interval=heartbeat_interval, liveness=liveness,
+                                      max_message_size=max_message_size)
+        self._handover = Handover(self, self._connection)
+        self._runner = Runner(threads, self._connection.waker.wake, self._handover.task_finished,
                               address=address, security=security)
         self._credit = Credit(threads, max_tasks, self._runner.started_times)
         self._handover.bind(self._runner, self._credit)
@@ -175,26 +188,27 @@ class Agent:
         on_main = threading.current_thread() is threading.main_thread()
         previous = signal.set_wakeup_fd(wake_write) if on_main else None
         try:
-            with self._link.turn:  # released only in poll
+            with self._connection.turn:  # released only in poll
                 try:
                     return self._serve(wake_read)
                 finally:
                     self._runner.stop()
                     self._handover.take_back("its connection closes")
-                    self._link.close()
+                    self._connection.close()  # with TIMEOUT_LINGER, if _time_out set it
         finally:
             if previous is not None:
                 signal.set_wakeup_fd(previous)
             os.close(wake_read)
             os.close(wake_write)
-            self._link.destroy()
+            self._connection.end()
 
     def _serve(self, wake_read: int) -> Exit:
-        link, handover, waker = self._link, self._handover, self._link.waker
-        fds = (wake_read, *self.watch_fds)
-        link.connect()
+        connection, handover = self._connection, self._handover
+        waker, on_message = connection.waker, self.on_message
+        connection.fds = (wake_read, *self.watch_fds)
+        self._connect()
         while True:
-            events = link.poll(fds, self._timeout(), handover.lent)
+            events = connection.poll(self._timeout(), with_socket=not handover.lent)
             if any(fd in events for fd in self.watch_fds):
                 log.info("parent process has exited; stopping")
                 return Exit.PARENT_GONE
@@ -204,11 +218,11 @@ class Agent:
                 log.info("stopping at once; %d running task(s) will be requeued by the broker",
                          len(self.running))
                 return Exit.OK
-            link.check_handshake(events)
+            _retry_failed_handshake(connection, events)
             # Read what waits before judging the broker by its silence: this
             # loop may have been held up (a task holding the GIL) while the
             # broker's heartbeats queued here.
-            outcome = self.read()
+            outcome = connection.read(on_message)
             if outcome is None:
                 outcome, handover.exit = handover.exit, None
             if outcome is not None:
@@ -222,22 +236,20 @@ class Agent:
                 return outcome
 
     def _timeout(self) -> float:
-        """Seconds until the loop has something to do unasked."""
-        now = time.monotonic()
-        timeout = max(0.0, self._link.next_chore() - now)
-        if self._unreported:
-            timeout = min(timeout, START_REPORT_AFTER)
+        """Seconds until the loop has something to do unasked, besides the
+        connection's heartbeat chores (which Connection.poll adds)."""
+        timeout = START_REPORT_AFTER if self._unreported else math.inf
         runner = self._runner
         if self._handover.lent or (runner.waiting and self._credit.short_tasks()):
             timeout = min(timeout, GIVE_BACK_AFTER)  # to see whether they are stuck
         if runner.deadlines:  # a task's timeout
-            timeout = min(timeout, max(0.0, min(runner.deadlines.values()) - now))
+            timeout = min(timeout, max(0.0, min(runner.deadlines.values()) - time.monotonic()))
         return timeout
 
     def _chores(self) -> Exit | None:
         """After each pass: timeouts, stuck tasks, recycling, draining, the
         broker's silence and our heartbeat. Returns how to leave, if so."""
-        runner, link = self._runner, self._link
+        runner, connection = self._runner, self._connection
         if runner.deadlines and (overdue := runner.timers.overdue(time.monotonic(),
                                                                     runner.running)):
             return self._time_out(overdue)
@@ -250,68 +262,62 @@ class Agent:
         # task is on its way here) and every task has been answered.
         if self._drain_confirmed and not self.running:
             if self._recycle:
-                self._send(Bye("worker recycled"))
+                connection.send(Bye("worker recycled"))
                 log.debug("drained; leaving to be replaced")
                 return self._recycle
-            self._send(Bye("worker drained"))
+            connection.send(Bye("worker drained"))
             log.info("drained; leaving")
             return Exit.OK
-        link.check_remade()
-        now = time.monotonic()
-        if now - link.broker_seen > link.heartbeat_interval * link.liveness:
-            # The broker went with it: no reconnecting, no warning.
-            if _parent_gone(self.watch_fds):
-                log.info("parent process has exited; stopping")
-                return Exit.PARENT_GONE
-            if self.draining and not self.running:
-                log.warning("broker %s is gone while draining; leaving", link.address)
-                return self._recycle or Exit.OK
-            self._handover.take_back("its connection closes")
-            link.reconnect()
-        elif now - link.last_send >= link.heartbeat_interval:
-            self._send(Heartbeat())
+        if connection.handshake.handshakes > 1:
+            # ZeroMQ connected this socket again by itself: messages on their
+            # way over the old connection are lost, tasks among them. Start
+            # over as a new worker (heartbeat says so), so the broker requeues
+            # what it sent this one.
+            log.info("the connection to broker %s was made again; registering anew",
+                     connection.address)
+        if connection.heartbeat(time.monotonic()):
+            return None
+        # A parent that has exited took its broker with it: no reconnecting, no warning.
+        if _parent_gone(self.watch_fds):
+            log.info("parent process has exited; stopping")
+            return Exit.PARENT_GONE
+        if self.draining and not self.running:
+            log.warning("broker %s is gone while draining; leaving", connection.address)
+            return self._recycle or Exit.OK
+        if connection.broker_seen:  # 0: starting over was asked for, not a silence
+            log.warning("broker %s silent for %.1fs; reconnecting in %.1fs", connection.address,
+                        connection.heartbeat_interval * connection.liveness,
+                        connection.reconnect_delay)
+        self._handover.take_back("its connection closes")
+        connection.close()
+        connection.back_off()
+        self._connect()
         return None
 
-    def _greeting(self) -> list:
-        """What a new connection says first: the slots that are free now
-        (running tasks return theirs as they finish), and that it drains."""
+    def _connect(self) -> None:
+        """A new connection, as a new worker: its HELLO offers the slots that
+        are free now (running tasks return theirs as they finish), and a
+        DRAIN follows if it drains."""
         self._credit.outstanding = 0
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
                                     self.draining, time.monotonic())
-        messages = [Hello(Role.WORKER, PROTOCOL_VERSION, credit=credit, pid=os.getpid(),
-                          host=self._link.host, threads=self._credit.threads,
-                          resources=self._resources, versions=defaults.versions())]
+        connection = self._connection
+        connection.connect(next(self._worker_ids), dataclasses.replace(self._hello, credit=credit))
         if self.draining:  # a new broker must hear it too
             self._drain_confirmed = False
-            messages.append(Drain())
-        return messages
+            connection.send(Drain())
 
     # -- reading (the loop's, or the lent thread's: whoever holds the turn) --
-
-    def read(self) -> Exit | None:
-        """Handle every message waiting; returns how to leave, if so."""
-        link = self._link
-        sock = link.socket
-        while readable(sock):
-            frames = recv_frames(sock)
-            link.broker_seen = time.monotonic()
-            try:
-                message, payload = decode(frames)
-            except ProtocolError as exc:
-                log.error("bad message from the broker: %s", exc)
-                continue
-            if message.op is Op.DISPATCH:
-                self.on_dispatch(message, payload)
-            elif (outcome := self._on_control(message)) is not None:
-                return outcome
-        return None
 
     def _on_control(self, message) -> Exit | None:
         """Any message but DISPATCH."""
         op = message.op
         if op is Op.WELCOME:
-            self._link.welcome(message)
+            connection = self._connection
+            connection.welcome(message)
             self._runner.max_message_size = message.max_message_size
+            log.info("connected to broker %s as %s", connection.address,
+                     connection.socket.routing_id.decode())
         elif op is Op.REFUSED:
             log.error("the broker refused this worker: %s", message.reason)
             return Exit.REFUSED
@@ -325,7 +331,7 @@ class Agent:
             if message.code == "unknown_peer":
                 # The broker declared us dead (we were stopped or cut off): join again.
                 log.warning("the broker no longer knows this worker; registering again")
-                self._link.broker_seen = 0.0
+                self._connection.broker_seen = 0.0
             else:
                 log.error("the broker reports: %s: %s", message.code, message.message)
         elif op is Op.BYE:
@@ -335,30 +341,35 @@ class Agent:
                 log.info("parent process has exited; stopping")
                 return Exit.PARENT_GONE
             log.warning("the broker is going away (%s); will reconnect", message.reason)
-            self._link.broker_seen = 0.0  # reconnect on the next pass
+            self._connection.broker_seen = 0.0  # reconnect on the next pass
         return None
 
-    def on_dispatch(self, dispatch: Dispatch, payload: list) -> None:
+    def on_message(self, message, payload: list) -> Exit | None:
+        """Connection.read's handler: one message from the broker; returns
+        how to leave, if so. A DISPATCH is handled here, without another call
+        per task."""
+        if message.op is not Op.DISPATCH:
+            return self._on_control(message)
         # Also while draining: these were sent before the broker saw DRAIN.
         runner, handover = self._runner, self._handover
         first = 0
-        if dispatch.inits:  # (a generator and a list less per message without)
-            first = sum(n for _, n in dispatch.inits)  # initializers' frames come first
-            for (client_id, _), frames in zip(dispatch.inits,
-                                              split_frames([n for _, n in dispatch.inits],
+        if message.inits:  # (a generator and a list less per message without)
+            first = sum(n for _, n in message.inits)  # initializers' frames come first
+            for (client_id, _), frames in zip(message.inits,
+                                              split_frames([n for _, n in message.inits],
                                                            payload[:first])):
                 runner.initializers.add(client_id, frames)
-        for client_id, version in dispatch.pythons:
+        for client_id, version in message.pythons:
             runner.initializers.client_pythons[client_id] = version
-        groups = unpack_payloads(dispatch.tasks, DispatchRow.nframes, payload[first:])
+        groups = unpack_payloads(message.tasks, DispatchRow.nframes, payload[first:])
         if handover.lone is not None:  # not alone after all: queued first, in order
             runner.submit(*handover.lone)
             handover.lone = None
         # (A task with options goes through the runner, which keeps its priority and timeout.)
-        lone = (handover.reading and len(dispatch.tasks) == 1 and len(dispatch.tasks[0]) == 4
+        lone = (handover.reading and len(message.tasks) == 1 and len(message.tasks[0]) == 4
                 and not self.running)
         running, unreported, submit = self.running, self._unreported, runner.submit
-        for row, frames in zip(dispatch.tasks, groups):
+        for row, frames in zip(message.tasks, groups):
             key = (row[0], row[1])
             running.add(key)
             unreported.add(key)
@@ -368,7 +379,7 @@ class Agent:
                 submit(key, frames)
             else:
                 submit(key, frames, row[4].priority, row[4].timeout)
-        self._credit.dispatched(len(dispatch.tasks))
+        self._credit.dispatched(len(message.tasks))
 
     def on_withdraw(self, request: Withdraw) -> None:
         keys = [key for key in map(tuple, request.tasks) if key in self.running]
@@ -390,7 +401,7 @@ class Agent:
         self._credit.given_back(len(taken), asked=bool(request_id))
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
                                     self.draining, time.monotonic())
-        self._send(Withdrawn(request_id, [TaskRow(*k) for k in taken], credit))
+        self._connection.send(Withdrawn(request_id, [TaskRow(*k) for k in taken], credit))
 
     def send_results(self) -> None:
         """What the runner's threads did since the last call, in RESULTS
@@ -411,7 +422,7 @@ class Agent:
                 self._drain_if_due(finished=True)
             grant = credit.grant(len(self.running), len(runner.seceded), self.draining,
                                  time.monotonic())
-            self._send(WorkerResults(results, started, grant, printed), payload)
+            self._connection.send(WorkerResults(results, started, grant, printed), payload)
         # Tasks may have turned long just now.
         surplus = credit.surplus(len(self.running), runner.waiting, self.draining)
         if surplus is not None:
@@ -423,17 +434,17 @@ class Agent:
         """Tasks ran past their timeouts: fail them, and leave to be replaced,
         which stops them (a thread cannot be stopped). The broker requeues
         what else this process holds, as it does for a worker that leaves."""
-        self._runner.events.extend(timed_out(overdue, f"{self._link.host}:{os.getpid()}"))
+        self._runner.events.extend(timed_out(overdue, f"{self._hello.host}:{os.getpid()}"))
         for key, timeout, _ in overdue:
             log.warning("task %d of client %s ran past its timeout of %gs; replacing this "
                         "worker process (the broker requeues the %d other task(s) it holds)",
                         key[1], key[0].decode(errors="replace"), timeout,
                         len(self.running) - len(overdue))
         self.send_results()
-        self._send(Bye("a task ran past its timeout; this process is replaced"))
+        self._connection.send(Bye("a task ran past its timeout; this process is replaced"))
         # They leave as the socket closes. The backstop, set for this exit
         # now, ends it even if a task takes the GIL meanwhile.
-        self._link.linger(TIMEOUT_LINGER)
+        self._connection.socket.linger = int(TIMEOUT_LINGER * 1000)  # kept by close()
         self._runner.timers.leave_within(TIMEOUT_LINGER + BACKSTOP_GRACE)
         return Exit.TIMEOUT
 
@@ -461,7 +472,17 @@ class Agent:
         # A recycling is told in one line, by the supervisor.
         log.log(logging.DEBUG if self._recycle else logging.INFO,
                 "draining: finishing %d running task(s), taking no new ones", len(self.running))
-        self._send(Drain())
+        self._connection.send(Drain())
+
+
+def _retry_failed_handshake(connection: Connection, events: dict) -> None:
+    """If handshakes failed, start over on the next pass. Keys may be fixed
+    while we wait (a key added to the broker's directory), so the worker
+    keeps trying, at the reconnect back-off."""
+    failure = connection.handshake.failure(events)
+    if failure:
+        log.error("%s; retrying in %.1fs", failure, connection.reconnect_delay)
+        connection.broker_seen = 0.0
 
 
 def _parent_gone(watch_fds: tuple) -> bool:

@@ -1,7 +1,7 @@
 """The one way a thread other than the agent's loop uses the worker's socket.
 
 The loop owns the socket and holds its turn (protocol.sockets.SocketTurn)
-except while it sleeps in Link.poll. Two speed tricks take the turn then,
+except while it sleeps in Connection.poll. Two speed tricks take the turn then,
 both from the task thread that has just finished a task, and both here:
 
 - Sending its own result (``task_finished``): a lone result should not wait
@@ -32,9 +32,9 @@ import zmq
 from zeropool.protocol.waker import Waker
 
 if TYPE_CHECKING:
+    from zeropool.protocol.connection import Connection
     from zeropool.worker.agent import Agent
     from zeropool.worker.credit import Credit
-    from zeropool.worker.link import Link
     from zeropool.worker.runner import Runner
 
 log = logging.getLogger("zeropool.worker")
@@ -52,16 +52,16 @@ class Handover:
     loop would: holding the turn is what makes that safe.
     """
 
-    def __init__(self, agent: Agent, link: Link) -> None:
+    def __init__(self, agent: Agent, connection: Connection) -> None:
         self._agent = agent
-        self._link = link
+        self._connection = connection
         self._runner: Runner | None = None  # see bind
         self._credit: Credit | None = None
         self.lent = False  # whether the task thread watches the socket
         self._waker = Waker()  # tells the lent thread to stop
         self._active_at = 0.0
         self.lone: tuple | None = None  # a task the lent thread read, to run itself
-        self.reading = False  # the lent thread is reading: Agent.on_dispatch keeps a lone task
+        self.reading = False  # the lent thread is reading: Agent.on_message keeps a lone task
         self.exit: int | None = None  # what the lent thread read that ends the loop (an Exit)
 
     def bind(self, runner: Runner, credit: Credit) -> None:
@@ -73,14 +73,14 @@ class Handover:
         asleep, unless short tasks are queued behind it (the loop batches
         those results). Then, with one thread and nothing else to do, watch
         the socket for the loop."""
-        link, runner = self._link, self._runner
-        if (not runner.waiting or not self._credit.short_tasks()) and link.turn.try_take():
+        connection, runner = self._connection, self._runner
+        if (not runner.waiting or not self._credit.short_tasks()) and connection.turn.try_take():
             agent = self._agent
             try:
-                if link.socket is not None:
+                if connection.socket is not None:
                     agent.send_results()
-                    if agent.draining or not link.broker_seen:
-                        link.waker.wake()  # the loop may leave, or must reconnect
+                    if agent.draining or not connection.broker_seen:
+                        connection.waker.wake()  # the loop may leave, or must reconnect
                     elif (self._credit.threads == 1 and not agent.running and not runner.events
                           and not agent.stopping):
                         self._serve_lent()
@@ -89,36 +89,37 @@ class Handover:
                 # Sent nothing, or half a message: start over on a new connection
                 # (the broker then runs again what was sent here).
                 log.exception("using the socket from a task thread failed; reconnecting")
-                link.broker_seen = 0.0
+                connection.broker_seen = 0.0
             finally:
-                link.turn.give_back(link.socket)
-        link.waker.wake()
+                connection.turn.give_back(connection.socket)
+        connection.waker.wake()
 
     def _serve_lent(self) -> None:
         """The task thread, holding the turn: watch the socket and run lone
         tasks here until the loop takes the socket back (or there is more to
         do than that). Returns holding the turn."""
-        agent, link, runner, turn = self._agent, self._link, self._runner, self._link.turn
-        sock = link.socket
+        agent, connection, runner = self._agent, self._connection, self._runner
+        turn = connection.turn
+        sock = connection.socket
         poller = select.poll()
         poller.register(sock.getsockopt(zmq.FD), select.POLLIN)
         poller.register(self._waker.fd, select.POLLIN)
         self._waker.clear()
         self.lent, self._active_at = True, time.monotonic()
-        link.waker.wake()  # the loop polls again, without the socket
+        connection.waker.wake()  # the loop polls again, without the socket
         log.debug("lent the socket to the task thread")
         try:
             while True:
                 events = turn.poll(poller, sock, -1)
-                if not self.lent or link.socket is not sock:
+                if not self.lent or connection.socket is not sock:
                     return
                 self._waker.clear(self._waker.fd in events)
                 self.reading = True
-                self.exit = agent.read()
+                self.exit = connection.read(agent.on_message)
                 self.reading = False
                 lone, self.lone = self.lone, None
                 if (self.exit is not None or runner.waiting or agent.draining
-                        or not link.broker_seen or agent.stopping):
+                        or not connection.broker_seen or agent.stopping):
                     if lone is not None:
                         runner.submit(*lone)
                     return  # the loop has more to do: it takes the socket back
@@ -129,10 +130,10 @@ class Handover:
                     runner.run_here(*lone)
                 finally:
                     turn.__enter__()
-                if link.socket is not sock:
+                if connection.socket is not sock:
                     return
                 agent.send_results()
-                if agent.draining or not link.broker_seen:  # recycling, or a reconnect
+                if agent.draining or not connection.broker_seen:  # recycling, or a reconnect
                     return
                 self._active_at = time.monotonic()
         finally:
@@ -143,7 +144,7 @@ class Handover:
             if self.lent:
                 self.lent = False
                 log.debug("the task thread gave the socket back")
-            link.waker.wake()  # for what made it stop, or a result it could not send
+            connection.waker.wake()  # for what made it stop, or a result it could not send
 
     def check(self, now: float) -> None:
         """The loop's, on each pass while the socket is lent: even then its
