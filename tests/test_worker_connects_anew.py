@@ -68,3 +68,29 @@ def test_each_connection_has_a_new_id_and_a_draining_worker_says_so_again(progra
         assert f"connected to broker {address} as {name.decode()}-{n}" in log, log
     assert log.count("is going away (broker stopping); will reconnect") == 2, log
     assert "ERROR" not in log, log
+
+
+def test_a_dispatch_whose_frames_do_not_add_up_makes_the_worker_register_anew(programs,
+                                                                             tmp_path):
+    """Its tasks cannot run: the worker must not keep them (their futures
+    would wait for ever), but start over, so that the broker requeues them."""
+    broker = Peer(zmq.ROUTER)
+    address = broker.bind()
+    log_path = tmp_path / "worker.log"
+    try:
+        with open(log_path, "w") as log:
+            worker = programs.worker(address, "--log-level", "INFO", "--path", REPO, stderr=log)
+        first = broker.expect(Op.HELLO, Role.WORKER)
+        broker.send(Welcome(PROTOCOL_VERSION, 1.0, 120, 1 << 30), to=first.sender)
+        broker.send(Dispatch([[b"c-test", 1, 2, b""]]), [b"only one frame"], to=first.sender)
+        second = broker.expect(Op.HELLO, Role.WORKER)
+        assert second.sender == first.sender[:-2] + b"-2" and second.message.credit == 1
+        broker.send(Welcome(PROTOCOL_VERSION, 1.0, 120, 1 << 30), to=second.sender)
+        worker.send_signal(signal.SIGTERM)  # drains: nothing runs, so it leaves once told
+        assert broker.expect(Op.DRAIN, Role.WORKER).sender == second.sender
+        broker.send(Drain(), to=second.sender)
+        assert broker.expect(Op.BYE, Role.WORKER).sender == second.sender
+        assert worker.wait(30) == 0
+    finally:
+        broker.close()
+    assert "does not add up" in log_path.read_text()

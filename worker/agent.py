@@ -88,8 +88,8 @@ import threading
 import time
 
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Bye, DispatchRow, Drain, Hello, Op, Role, TaskRow, Withdraw, Withdrawn,
-    WorkerResults, header_budget, split_frames, unpack_payloads,
+    PROTOCOL_VERSION, Bye, Dispatch, DispatchRow, Drain, Hello, Op, ProtocolError, Role, TaskRow,
+    Withdraw, Withdrawn, WorkerResults, header_budget, split_frames, unpack_payloads,
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.connection import Connection
@@ -352,16 +352,15 @@ class Agent:
             return self._on_control(message)
         # Also while draining: these were sent before the broker saw DRAIN.
         runner, handover = self._runner, self._handover
-        first = 0
-        if message.inits:  # (a generator and a list less per message without)
-            first = sum(n for _, n in message.inits)  # initializers' frames come first
-            for (client_id, _), frames in zip(message.inits,
-                                              split_frames([n for _, n in message.inits],
-                                                           payload[:first])):
-                runner.initializers.add(client_id, frames)
-        for client_id, version in message.pythons:
-            runner.initializers.client_pythons[client_id] = version
-        groups = unpack_payloads(message.tasks, DispatchRow.nframes, payload[first:])
+        try:
+            groups = _task_frames(message, payload, runner.initializers)
+        except ProtocolError as exc:
+            # Its tasks cannot run here: start over as a new worker, whose
+            # HELLO makes the broker requeue what it gave this one.
+            log.error("a DISPATCH from broker %s does not add up (%s); registering anew",
+                      self._connection.address, exc)
+            self._connection.broker_seen = 0.0
+            return None
         if handover.lone is not None:  # not alone after all: queued first, in order
             runner.submit(*handover.lone)
             handover.lone = None
@@ -474,6 +473,20 @@ class Agent:
                 "draining: finishing %d running task(s), taking no new ones", len(self.running))
         self._connection.send(Drain())
 
+
+def _task_frames(message: Dispatch, payload: list, initializers) -> list:
+    """Each task's frames; the initializers' frames, which come first, go to
+    ``initializers``. ProtocolError if the frames do not add up."""
+    first = 0
+    if message.inits:  # (a generator and a list less per message without)
+        first = sum(n for _, n in message.inits)
+        for (client_id, _), frames in zip(message.inits,
+                                          split_frames([n for _, n in message.inits],
+                                                       payload[:first])):
+            initializers.add(client_id, frames)
+    for client_id, version in message.pythons:
+        initializers.client_pythons[client_id] = version
+    return unpack_payloads(message.tasks, DispatchRow.nframes, payload[first:])
 
 def _retry_failed_handshake(connection: Connection, events: dict) -> None:
     """If handshakes failed, start over on the next pass. Keys may be fixed
