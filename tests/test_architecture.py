@@ -1,8 +1,11 @@
-"""Pins the design: each program imports only protocol, and the broker never
-loads the pickling code (a broker that unpickled would run anyone's code)."""
+"""Pins the design: each program imports only protocol, the broker never
+loads the pickling code (a broker that unpickled would run anyone's code),
+and the classes and loops stay small enough to read."""
 from __future__ import annotations
 
+import ast
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -67,3 +70,41 @@ def test_nothing_of_ours_is_importable_by_the_generic_names():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60, cwd="/").stdout
     assert not any(json.loads(out).values())
+
+
+# The rooms (issue 15): classes narrow enough to read in one go, loops short
+# enough to see whole. "About 15": a class may go one over; none goes further.
+MOST_METHODS = MOST_ATTRIBUTES = 16
+LONGEST_LOOP = 30
+SOURCE = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _classes_and_loops():
+    for folder in ("broker", "worker", "client", "protocol"):
+        for path in sorted((SOURCE / folder).glob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for node in ast.walk(tree):
+                yield path.relative_to(SOURCE), node
+
+
+def test_each_class_holds_about_15_methods_and_15_attributes_at_most():
+    wide = []
+    for path, node in _classes_and_loops():
+        if not isinstance(node, ast.ClassDef):
+            continue
+        methods = [n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+        attributes = {n.attr for n in ast.walk(node)
+                      if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+                      and isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")}
+        if len(methods) > MOST_METHODS or len(attributes) > MOST_ATTRIBUTES:
+            wide.append(f"{path}: {node.name} has {len(methods)} methods, "
+                        f"{len(attributes)} attributes")
+    assert not wide, "\n".join(wide)
+
+
+def test_no_loop_runs_over_about_30_lines():
+    long = [f"{path}:{node.lineno}: {node.end_lineno - node.lineno + 1} lines"
+            for path, node in _classes_and_loops()
+            if isinstance(node, (ast.For, ast.While))
+            and node.end_lineno - node.lineno + 1 > LONGEST_LOOP]
+    assert not long, "\n".join(long)
