@@ -96,7 +96,8 @@ def _check(wire_type: Type, target: str, error: str, names: dict, indent: str) -
         names[key] = error
         lines += [f"{indent}if {wire_type.bad}:",
                   f"{indent}    raise ProtocolError({key} + short_repr(v))"]
-    lines.append(f"{indent}{target} = {wire_type.then}")
+    if target != wire_type.then:  # no `v = v` per value checked
+        lines.append(f"{indent}{target} = {wire_type.then}")
     return lines
 
 
