@@ -217,11 +217,15 @@ def test_bad_options_fail_at_the_call(shared_cluster, kwargs, error):
 
 
 def test_map_unordered_yields_results_as_they_complete(shared_cluster, tmp_path):
-    flag = str(tmp_path / "second-done")
+    flag, other = str(tmp_path / "second-seen"), str(tmp_path / "unused")
     with zeropool.Executor(shared_cluster) as ex:
-        # The first call waits for the second: only unordered can yield it first.
-        results = ex.map_unordered(helpers.wait_for_file_then_or_touch, [flag, flag], [0, 1])
-        assert list(results) == [1, 0]
+        # The first call waits until this test has the second's result: only
+        # unordered can yield it first. (Had the second call made the file, the
+        # first's result could arrive first.)
+        results = ex.map_unordered(helpers.wait_for_file_then_or_touch, [flag, other], [0, 1])
+        assert next(results) == 1
+        open(flag, "w").close()
+        assert list(results) == [0]
         assert sorted(ex.map_unordered(helpers.add, range(50), range(50), chunksize=7)) == [
             2 * x for x in range(50)]
         endless = ex.map_unordered(helpers.square, itertools.count(), buffersize=4)
