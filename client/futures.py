@@ -11,10 +11,13 @@ from __future__ import annotations
 import collections
 import threading
 from concurrent.futures import Future, InvalidStateError
-from concurrent.futures._base import PENDING as _PENDING
+from concurrent.futures._base import PENDING as _PENDING, RUNNING as _RUNNING
 from typing import Any, Callable
 
+from zeropool.client.lending import lent_sessions, take_back_all
 from zeropool.protocol import SubmitRow, TaskOptions, context, pack_payload
+
+_WAITING = (_PENDING, _RUNNING)
 
 
 class _Condition(threading.Condition):
@@ -69,10 +72,11 @@ class TaskFuture(Future):
             self._state = _PENDING
             self._result = None
             self._exception = None
-            self._waiters = []
+            self._waiters = _Waiters()
             self._done_callbacks = []
         else:
             super().__init__()
+            self._waiters = _Waiters()
         self.task_id = task_id
         self._session = session
         self.frames = frames  # the pickled call, kept for a resubmission
@@ -88,10 +92,51 @@ class TaskFuture(Future):
         self._session.cancel([self])
         return self.cancelled()
 
+    # Waiting on it: a caller waiting alone may read the socket itself
+    # (client/lending.py); any other way of waiting needs the I/O thread.
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._state in _WAITING:
+            timeout = self._session.lending.wait(self, timeout)
+        return Future.result(self, timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if self._state in _WAITING:
+            timeout = self._session.lending.wait(self, timeout)
+        return Future.exception(self, timeout)
+
+    def done(self) -> bool:
+        if self._state in _WAITING and self._session.lending.lent:
+            self._session.lending.peek()
+        return Future.done(self)
+
+    def running(self) -> bool:
+        if self._state is _PENDING and self._session.lending.lent:
+            self._session.lending.peek()
+        return Future.running(self)
+
+    def add_done_callback(self, fn: Callable[[Future], object]) -> None:
+        if self._state in _WAITING:
+            self._session.lending.take_back()
+        Future.add_done_callback(self, fn)
+
     def row(self) -> tuple[list, list]:
         """Its SUBMIT row and payload frames."""
         nframes, inline, frames = pack_payload(self.frames)
         return SubmitRow(self.task_id, nframes, inline, self.options), frames
+
+
+class _Waiters(list):
+    """A future's waiters (``Future._waiters``): ``concurrent.futures.wait``
+    and ``as_completed`` add theirs here before they block, and then the I/O
+    thread must be the one reading (client/lending.py)."""
+
+    __slots__ = ()
+
+    def append(self, waiter: Any) -> None:
+        if lent_sessions:
+            take_back_all()
+        super().append(waiter)
 
 
 class _NestedWaiters(list):

@@ -49,6 +49,7 @@ from zeropool.client.errors import (
     BrokerUnreachable, UnsatisfiableWarning, VersionMismatchWarning, WorkerLostError,
 )
 from zeropool.client.futures import NestedFuture, TaskFuture, finish, stored
+from zeropool.client.lending import LEND_IDLE, Lending
 from zeropool.client.output import TaskOutput
 from zeropool.client.table import CancelRequests, TaskTable, initializer_error
 from zeropool.protocol import (
@@ -75,7 +76,6 @@ class Session:
         self.address = address
         # Inside a task (current_executor()): futures that free the task's slot while waited on.
         self.nested = nested
-        self._future_class = NestedFuture if nested else TaskFuture
         host = socketlib.gethostname()[:64]
         self.client_id = f"c-{host}-{os.getpid()}-{os.urandom(3).hex()}".encode()
         init_frames = list(init_frames)
@@ -90,6 +90,8 @@ class Session:
         # Task ids and cancel requests from callers, for the loop, in order.
         self._outbox: collections.deque = collections.deque()
         self._connection = Connection(address, log, security=security)
+        # A caller waiting alone on its one task reads the socket itself.
+        self.lending = Lending(self._connection, self._table, self._on_message)
         self.broker = BrokerView(address, defaults.versions())
         self._welcomed = threading.Event()  # the first WELCOME, for the constructor
         self._closing = False
@@ -121,7 +123,8 @@ class Session:
                                 for key, value in kwargs.items()]) from exc
         check_size(frames, self.broker.max_message_size)
         table = self._table
-        future = self._future_class(self, next(table.task_ids), stored(frames))
+        future = (NestedFuture if self.nested else TaskFuture)(
+            self, next(table.task_ids), stored(frames))
         if options:
             future.options = options
         sent = False
@@ -174,6 +177,7 @@ class Session:
             # only tasks still here are cancelled.
             self._table.cancel_unsent(task_ids)
             return
+        self.lending.take_back()  # the reply is the loop's to read
         request = self._cancels.new(task_ids, queued_only)
         self._outbox.append(request)
         self._connection.waker.wake()
@@ -206,6 +210,7 @@ class Session:
 
     def _run(self) -> None:
         connection = self._connection
+        self.lending.loop_ident = threading.get_ident()
         try:
             with connection.turn:  # this thread's, except while it sleeps in poll
                 try:
@@ -223,6 +228,7 @@ class Session:
                     if self.broken is None:
                         self.broken = RuntimeError("cannot schedule new futures after shutdown")
                     self._welcomed.set()  # a constructor still waiting learns at once
+                    self.lending.settle(False, 0.0)  # a reader falls back on the future
                     self._table.fail_all(self.broken)
                     self._cancels.release_all()
                     connection.end()
@@ -235,8 +241,10 @@ class Session:
         """The loop: wait, read, send what callers queued, then the timed chores."""
         connection, table, on_message = self._connection, self._table, self._on_message
         connection.connect(self.client_id, *self._hello)
+        lending = self.lending
         while True:
-            events = connection.poll()
+            lent = lending.lent
+            events = connection.poll(LEND_IDLE if lent else None, with_socket=not lent)
             refusal = connection.handshake.failure(events)
             if refusal is not None:
                 # Keys do not mend themselves: waiting would only turn this
@@ -244,16 +252,19 @@ class Session:
                 log.error("cannot connect to the broker at %s: %s", self.address, refusal)
                 self.broker.refused = refusal
                 return
-            if connection.read(on_message) is not None:
-                return  # refused
+            if connection.read(on_message) is not None or self.broker.refused is not None:
+                return  # refused (perhaps read by a caller: client/lending.py)
             connection.waker.clear(connection.waker.fd in events)
             self._drain_outbox()
             if self._closing and not table.pending and not self._outbox:
                 if self.broker.connected:
                     connection.send(Bye("client shut down"))
                 return
-            if not self._chores(time.monotonic()):
+            now = time.monotonic()
+            if not self._chores(now):
                 return
+            lending.settle(not (self.nested or self._closing or self._cancels.waiting)
+                           and self.broker.connected, now)
 
     def _chores(self, now: float) -> bool:
         """A heartbeat, or a new connection to a silent broker; while shutting
@@ -282,6 +293,7 @@ class Session:
     def _reconnect(self) -> None:
         """A new connection, on which every unanswered task goes again."""
         connection = self._connection
+        self.lending.take_back()  # a reader polls the old socket
         log.warning("broker %s silent for %.1fs; reconnecting and resubmitting %d task(s)",
                     self.address, connection.heartbeat_interval * connection.liveness,
                     len(self._table.pending))

@@ -259,6 +259,11 @@ class CancelRequests:
         """The request a CANCEL_REPLY answers (None: released already)."""
         return self._asked.pop(request_id, None)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether a request waits for the broker's reply."""
+        return bool(self._asked)
+
     def release_all(self) -> None:
         """No reply is coming: let every waiting caller go."""
         for request in self._asked.values():

@@ -105,6 +105,11 @@ class SocketTurn:
         """For a sender: True if the socket is free now (then ``give_back`` it)."""
         return self._lock.acquire(timeout=0.0005)
 
+    def take(self, timeout: float | None = None) -> bool:
+        """For a thread that watches the socket while the owner sleeps
+        (client/lending.py): wait up to ``timeout`` for the turn (None: no limit)."""
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
     def give_back(self, sock: zmq.Socket | None) -> None:
         try:
             if sock is not None and not sock.closed and readable(sock):

@@ -16,7 +16,20 @@ from zeropool.protocol.payload import dumps_call, dumps_exception, dumps_result
 pytestmark = pytest.mark.timeout(30)
 
 
+class _NotLent:
+    """A session's Lending whose socket is never lent (client/lending.py)."""
+    lent = False
+
+    def wait(self, future, timeout):
+        return timeout
+
+    def take_back(self) -> None:
+        pass
+
+
 class _NoBroker:
+    lending = _NotLent()
+
     def cancel(self, futures) -> None:  # TaskFuture.cancel() asks its session first
         pass
 
