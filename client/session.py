@@ -5,6 +5,7 @@
     cancel() --CancelRequest--> outbox --> loop --CANCEL--> broker --CANCEL_REPLY--> loop
     Future   <--TaskTable.deliver: set_result / set_exception--  loop <--RESULTS-- broker
              <--TaskOutput: what the tasks printed------------------------------'
+    result() <--(alone, socket lent: client/lending.py) reads RESULTS itself----------
 
 The loop (``Session._serve``) sleeps in ``Connection.poll``, hands each
 message to ``_on_message``, sends what callers queued since its last pass as
@@ -21,7 +22,9 @@ Callers pickle their call themselves, so a pickling error raises from
 The hand-over: a task submitted with nothing else in flight is sent by its
 caller, while the loop sleeps (``Connection.borrow``, ``_send_alone``),
 saving a thread hand-off on a lone round trip. Everything else a caller
-wants sent goes through the outbox and the waker.
+wants sent goes through the outbox and the waker. The answer to such a lone
+task is read by its caller too, in result(), once the loop has lent it the
+socket (client/lending.py): the loop then polls without it.
 
 Cancel requests (client/table.py) are decided by the broker: ``cancel()``
 asks it and returns True only if no worker has been given the task, so a
