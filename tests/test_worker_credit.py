@@ -14,7 +14,7 @@ LONG = 0.05
 
 
 def make_credit(threads: int = 2, max_tasks: int | None = None, starts=()) -> Credit:
-    return Credit(threads, max_tasks, lambda: list(starts))
+    return Credit(threads, max_tasks, lambda: list(starts), starts)
 
 
 def test_before_any_task_ran_it_offers_one_task_per_thread():

@@ -159,7 +159,11 @@ class Agent:
         self._handover = Handover(self, self._connection)
         self._runner = Runner(threads, self._connection.waker.wake, self._handover.task_finished,
                               address=address, security=security)
-        self._credit = Credit(threads, max_tasks, self._runner.started_times)
+        self._credit = Credit(threads, max_tasks, self._runner.started_times,
+                              self._runner.running)
+        # What inline results and output may take of a RESULTS header (set
+        # with the runner's max_message_size: not worked out per message).
+        self._header_budget = header_budget(self._runner.max_message_size)
         self._handover.bind(self._runner, self._credit)
         self.running: set[tuple] = set()  # keys given to the runner, not yet reported done
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
@@ -316,6 +320,7 @@ class Agent:
             connection = self._connection
             connection.welcome(message)
             self._runner.max_message_size = message.max_message_size
+            self._header_budget = header_budget(message.max_message_size)
             log.info("connected to broker %s as %s", connection.address,
                      connection.socket.routing_id.decode())
         elif op is Op.REFUSED:
@@ -410,20 +415,23 @@ class Agent:
         while events:
             seconds: list[float] = []
             results, started, payload, printed = take_batch(
-                events, header_budget(runner.max_message_size), self.running, self._unreported,
-                seconds)
+                events, self._header_budget, self.running, self._unreported, seconds)
             if results:  # before the credit: a process to replace asks for none
                 credit.observe(seconds)
                 if runner.initializers.forgetting:
                     runner.initializers.forget_idle(self.running)
                 # Told before the results: once a client has one, it may
-                # submit more, which the broker must not send here.
-                self._drain_if_due(finished=True)
+                # submit more, which the broker must not send here. (Not
+                # called where it has nothing to do: no limits, no drain.)
+                if self.draining or credit.max_tasks is not None or self.max_memory is not None:
+                    self._drain_if_due(finished=True)
             grant = credit.grant(len(self.running), len(runner.seceded), self.draining,
                                  time.monotonic())
             self._connection.send(WorkerResults(results, started, grant, printed), payload)
-        # Tasks may have turned long just now.
-        surplus = credit.surplus(len(self.running), runner.waiting, self.draining)
+        # Tasks may have turned long just now (surplus() says None unless each
+        # of the last few was long).
+        surplus = (credit.surplus(len(self.running), runner.waiting, self.draining)
+                   if credit.long_for_sure else None)
         if surplus is not None:
             log.debug("tasks take longer now: giving back %d unused credit and %d waiting "
                       "task(s)", credit.outstanding, len(surplus))

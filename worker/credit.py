@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Callable
+from typing import Callable, Sized
 
 # Prefetch while the average task takes less than this...
 PREFETCH_BELOW = 0.005
@@ -40,15 +40,19 @@ class Credit:
     and how long its tasks take (which sets the prefetch)."""
 
     def __init__(self, threads: int, max_tasks: int | None,
-                 started_times: Callable[[], list[float]]) -> None:
+                 started_times: Callable[[], list[float]], running: Sized) -> None:
         self.threads = threads
         # Recycling: tasks this process may be given in all (None: no limit).
         self.max_tasks = max_tasks
         self._started_times = started_times  # of the tasks holding a thread
+        # The tasks running, holding a thread or not (seceded): while fewer
+        # than the threads, started_times (a lock, a list) is not asked.
+        self._running = running
         self.taken = 0  # tasks given to this process and not given back
         self.outstanding = 0  # credit the broker has not used yet
         self.task_time: float | None = None  # moving average of task run times
         self.task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
+        self.long_for_sure = False  # each of the last TASK_TIME_SAMPLES tasks was long
 
     def grant(self, holding: int, seceded: int, draining: bool, now: float) -> int:
         """Credit to offer now, counted as outstanding: room up to the target,
@@ -76,11 +80,13 @@ class Credit:
 
     def observe(self, seconds: list[float]) -> None:
         """Tasks finished, having run this long each."""
-        self.task_times.extend(seconds)
+        times = self.task_times
+        times.extend(seconds)
         average = self.task_time
         for value in seconds:
             average = value if average is None else average * 0.8 + value * 0.2
         self.task_time = average
+        self.long_for_sure = len(times) >= TASK_TIME_SAMPLES and min(times) > PREFETCH_BELOW
 
     def short_tasks(self) -> bool:
         return self.task_time is not None and self.task_time <= PREFETCH_BELOW
@@ -91,13 +97,14 @@ class Credit:
 
     def prefetch(self, now: float) -> int:
         """Tasks to hold beyond one per thread."""
-        if self.task_time is None:
+        task_time = self.task_time  # (short_tasks(), inline: this runs per RESULTS)
+        if task_time is None:
             return 0
-        if not self.short_tasks():
+        if task_time > PREFETCH_BELOW:
             return PREFETCH_LONG
-        if self.all_busy_since(now) is not None:
+        if len(self._running) >= self.threads and self.all_busy_since(now) is not None:
             return 0  # long tasks occupy every thread now: short ones would be stuck here
-        per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(self.task_time, 1e-6)))
+        per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(task_time, 1e-6)))
         return self.threads * per_thread
 
     def all_busy_since(self, now: float) -> float | None:
@@ -121,8 +128,7 @@ class Credit:
         the tasks that a short tasks' prefetch took on (up to PREFETCH_MAX a
         thread) are more than long tasks want: of the ``waiting`` tasks, those
         to give back with the unused credit; None if nothing is to go."""
-        times = self.task_times
-        if draining or len(times) < TASK_TIME_SAMPLES or min(times) <= PREFETCH_BELOW:
+        if draining or not self.long_for_sure:
             return None
         # Held beyond a thread each and PREFETCH_LONG: of those not started.
         # (Tasks just read for free threads are waiting too, for a moment.)
