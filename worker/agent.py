@@ -358,7 +358,9 @@ class Agent:
         # Also while draining: these were sent before the broker saw DRAIN.
         runner, handover = self._runner, self._handover
         try:
-            groups = _task_frames(message, payload, runner.initializers)
+            groups = (_task_frames(message, payload, runner.initializers)
+                      if message.inits or message.pythons
+                      else unpack_payloads(message.tasks, DispatchRow.nframes, payload))
         except ProtocolError as exc:
             # Its tasks cannot run here: start over as a new worker, whose
             # HELLO makes the broker requeue what it gave this one.
