@@ -304,7 +304,7 @@ class Agent:
         DRAIN follows if it drains."""
         self._credit.outstanding = 0
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
-                                    self.draining, time.monotonic())
+                                    self.draining)
         connection = self._connection
         connection.connect(next(self._worker_ids), dataclasses.replace(self._hello, credit=credit))
         if self.draining:  # a new broker must hear it too
@@ -372,10 +372,11 @@ class Agent:
             runner.submit(*handover.lone)
             handover.lone = None
         # (A task with options goes through the runner, which keeps its priority and timeout.)
-        lone = (handover.reading and len(message.tasks) == 1 and len(message.tasks[0]) == 4
-                and not self.running)
+        tasks = message.tasks
+        count = len(tasks)
+        lone = handover.reading and count == 1 and len(tasks[0]) == 4 and not self.running
         running, unreported, submit = self.running, self._unreported, runner.submit
-        for row, frames in zip(message.tasks, groups):
+        for row, frames in zip(tasks, groups):
             key = (row[0], row[1])
             running.add(key)
             unreported.add(key)
@@ -385,7 +386,7 @@ class Agent:
                 submit(key, frames)
             else:
                 submit(key, frames, row[4].priority, row[4].timeout)
-        self._credit.dispatched(len(message.tasks))
+        self._credit.dispatched(count)
 
     def on_withdraw(self, request: Withdraw) -> None:
         keys = [key for key in map(tuple, request.tasks) if key in self.running]
@@ -406,7 +407,7 @@ class Agent:
             self._runner.initializers.forget_idle(self.running)
         self._credit.given_back(len(taken), asked=bool(request_id))
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
-                                    self.draining, time.monotonic())
+                                    self.draining)
         self._connection.send(Withdrawn(request_id, [TaskRow(*k) for k in taken], credit))
 
     def send_results(self) -> None:
@@ -427,8 +428,7 @@ class Agent:
                 # called where it has nothing to do: no limits, no drain.)
                 if self.draining or credit.max_tasks is not None or self.max_memory is not None:
                     self._drain_if_due(finished=True)
-            grant = credit.grant(len(self.running), len(runner.seceded), self.draining,
-                                 time.monotonic())
+            grant = credit.grant(len(self.running), len(runner.seceded), self.draining)
             self._connection.send(WorkerResults(results, started, grant, printed), payload)
         # Tasks may have turned long just now (surplus() says None unless each
         # of the last few was long).

@@ -1,7 +1,8 @@
 """How many tasks a worker asks the broker for: its credit and prefetch.
 
 No sockets, no threads of its own: what depends on time takes ``now`` (a
-``time.monotonic()`` value), and the start times of the running tasks come
+``time.monotonic()`` value; ``grant`` reads the clock itself, and only when
+it needs it, if not given), and the start times of the running tasks come
 from a function given at construction, so this is tested directly
 (tests/test_worker_credit.py). The agent (worker/agent.py) says what
 happened (tasks dispatched, given back, finished) and asks what to offer.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import math
+import time
 from typing import Callable, Sized
 
 # Prefetch while the average task takes less than this...
@@ -54,7 +56,7 @@ class Credit:
         self.task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
         self.long_for_sure = False  # each of the last TASK_TIME_SAMPLES tasks was long
 
-    def grant(self, holding: int, seceded: int, draining: bool, now: float) -> int:
+    def grant(self, holding: int, seceded: int, draining: bool, now: float | None = None) -> int:
         """Credit to offer now, counted as outstanding: room up to the target,
         counting the ``holding`` tasks here and what the broker may still send.
         Tasks waiting on their own futures (``seceded``) gave their slots back."""
@@ -95,14 +97,15 @@ class Credit:
         """Whether this process has been given every task it may run."""
         return self.max_tasks is not None and self.taken >= self.max_tasks
 
-    def prefetch(self, now: float) -> int:
+    def prefetch(self, now: float | None = None) -> int:
         """Tasks to hold beyond one per thread."""
         task_time = self.task_time  # (short_tasks(), inline: this runs per RESULTS)
         if task_time is None:
             return 0
         if task_time > PREFETCH_BELOW:
             return PREFETCH_LONG
-        if len(self._running) >= self.threads and self.all_busy_since(now) is not None:
+        if len(self._running) >= self.threads and self.all_busy_since(
+                time.monotonic() if now is None else now) is not None:
             return 0  # long tasks occupy every thread now: short ones would be stuck here
         per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(task_time, 1e-6)))
         return self.threads * per_thread
