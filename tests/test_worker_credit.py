@@ -3,6 +3,8 @@ prefetch that follows its task times, and the tasks it gives back, driven
 with explicit ``now`` values and start times."""
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from zeropool.worker.credit import (
@@ -14,7 +16,7 @@ LONG = 0.05
 
 
 def make_credit(threads: int = 2, max_tasks: int | None = None, starts=()) -> Credit:
-    return Credit(threads, max_tasks, lambda: list(starts))
+    return Credit(threads, max_tasks, lambda: list(starts), starts)
 
 
 def test_before_any_task_ran_it_offers_one_task_per_thread():
@@ -137,3 +139,41 @@ def test_unused_credit_alone_goes_back_once_tasks_are_long():
     assert credit.surplus(holding=0, waiting={}, draining=False) is None
     credit.outstanding += 1
     assert credit.surplus(holding=0, waiting={}, draining=False) == []
+
+
+def test_long_for_sure_follows_the_last_few_tasks_one_observe_at_a_time():
+    credit = make_credit(threads=1)
+    for _ in range(TASK_TIME_SAMPLES - 1):
+        credit.observe([LONG])
+        assert not credit.long_for_sure
+    credit.observe([LONG])
+    assert credit.long_for_sure
+    credit.observe([SHORT])  # one short among the last few
+    assert not credit.long_for_sure
+    credit.observe([LONG] * (TASK_TIME_SAMPLES - 1))
+    assert not credit.long_for_sure
+    credit.observe([LONG])
+    assert credit.long_for_sure
+
+
+def test_the_prefetch_asks_no_start_times_while_a_thread_is_free():
+    def started_times():
+        raise AssertionError("asked for start times with a thread free")
+
+    running: dict = {}
+    credit = Credit(2, None, started_times, running)
+    credit.observe([SHORT])
+    assert credit.grant(holding=0, seceded=0, draining=False) == 2 + 40
+    running[("c", 1)] = 0.0
+    assert credit.prefetch() == 2 * 20
+
+
+def test_without_now_the_prefetch_reads_the_clock_once_every_thread_is_busy():
+    # Start times on the monotonic clock: busy for long (an hour ago), or not yet.
+    starts = [time.monotonic() - 3600.0]
+    credit = make_credit(threads=1, starts=starts)
+    credit.observe([SHORT])
+    assert credit.prefetch() == 0  # stuck behind a long one: no prefetch
+    starts[0] = time.monotonic() + 3600.0
+    assert credit.prefetch() == 20
+    assert credit.grant(holding=1, seceded=0, draining=False) == 20

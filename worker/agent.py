@@ -159,7 +159,11 @@ class Agent:
         self._handover = Handover(self, self._connection)
         self._runner = Runner(threads, self._connection.waker.wake, self._handover.task_finished,
                               address=address, security=security)
-        self._credit = Credit(threads, max_tasks, self._runner.started_times)
+        self._credit = Credit(threads, max_tasks, self._runner.started_times,
+                              self._runner.running)
+        # What inline results and output may take of a RESULTS header (set
+        # with the runner's max_message_size: not worked out per message).
+        self._header_budget = header_budget(self._runner.max_message_size)
         self._handover.bind(self._runner, self._credit)
         self.running: set[tuple] = set()  # keys given to the runner, not yet reported done
         self._unreported: set[tuple] = set()  # of those, not yet reported started either
@@ -300,7 +304,7 @@ class Agent:
         DRAIN follows if it drains."""
         self._credit.outstanding = 0
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
-                                    self.draining, time.monotonic())
+                                    self.draining)
         connection = self._connection
         connection.connect(next(self._worker_ids), dataclasses.replace(self._hello, credit=credit))
         if self.draining:  # a new broker must hear it too
@@ -316,6 +320,7 @@ class Agent:
             connection = self._connection
             connection.welcome(message)
             self._runner.max_message_size = message.max_message_size
+            self._header_budget = header_budget(message.max_message_size)
             log.info("connected to broker %s as %s", connection.address,
                      connection.socket.routing_id.decode())
         elif op is Op.REFUSED:
@@ -353,7 +358,9 @@ class Agent:
         # Also while draining: these were sent before the broker saw DRAIN.
         runner, handover = self._runner, self._handover
         try:
-            groups = _task_frames(message, payload, runner.initializers)
+            groups = (_task_frames(message, payload, runner.initializers)
+                      if message.inits or message.pythons
+                      else unpack_payloads(message.tasks, DispatchRow.nframes, payload))
         except ProtocolError as exc:
             # Its tasks cannot run here: start over as a new worker, whose
             # HELLO makes the broker requeue what it gave this one.
@@ -365,10 +372,11 @@ class Agent:
             runner.submit(*handover.lone)
             handover.lone = None
         # (A task with options goes through the runner, which keeps its priority and timeout.)
-        lone = (handover.reading and len(message.tasks) == 1 and len(message.tasks[0]) == 4
-                and not self.running)
+        tasks = message.tasks
+        count = len(tasks)
+        lone = handover.reading and count == 1 and len(tasks[0]) == 4 and not self.running
         running, unreported, submit = self.running, self._unreported, runner.submit
-        for row, frames in zip(message.tasks, groups):
+        for row, frames in zip(tasks, groups):
             key = (row[0], row[1])
             running.add(key)
             unreported.add(key)
@@ -378,7 +386,7 @@ class Agent:
                 submit(key, frames)
             else:
                 submit(key, frames, row[4].priority, row[4].timeout)
-        self._credit.dispatched(len(message.tasks))
+        self._credit.dispatched(count)
 
     def on_withdraw(self, request: Withdraw) -> None:
         keys = [key for key in map(tuple, request.tasks) if key in self.running]
@@ -399,7 +407,7 @@ class Agent:
             self._runner.initializers.forget_idle(self.running)
         self._credit.given_back(len(taken), asked=bool(request_id))
         credit = self._credit.grant(len(self.running), len(self._runner.seceded),
-                                    self.draining, time.monotonic())
+                                    self.draining)
         self._connection.send(Withdrawn(request_id, [TaskRow(*k) for k in taken], credit))
 
     def send_results(self) -> None:
@@ -410,20 +418,22 @@ class Agent:
         while events:
             seconds: list[float] = []
             results, started, payload, printed = take_batch(
-                events, header_budget(runner.max_message_size), self.running, self._unreported,
-                seconds)
+                events, self._header_budget, self.running, self._unreported, seconds)
             if results:  # before the credit: a process to replace asks for none
                 credit.observe(seconds)
                 if runner.initializers.forgetting:
                     runner.initializers.forget_idle(self.running)
                 # Told before the results: once a client has one, it may
-                # submit more, which the broker must not send here.
-                self._drain_if_due(finished=True)
-            grant = credit.grant(len(self.running), len(runner.seceded), self.draining,
-                                 time.monotonic())
+                # submit more, which the broker must not send here. (Not
+                # called where it has nothing to do: no limits, no drain.)
+                if self.draining or credit.max_tasks is not None or self.max_memory is not None:
+                    self._drain_if_due(finished=True)
+            grant = credit.grant(len(self.running), len(runner.seceded), self.draining)
             self._connection.send(WorkerResults(results, started, grant, printed), payload)
-        # Tasks may have turned long just now.
-        surplus = credit.surplus(len(self.running), runner.waiting, self.draining)
+        # Tasks may have turned long just now (surplus() says None unless each
+        # of the last few was long).
+        surplus = (credit.surplus(len(self.running), runner.waiting, self.draining)
+                   if credit.long_for_sure else None)
         if surplus is not None:
             log.debug("tasks take longer now: giving back %d unused credit and %d waiting "
                       "task(s)", credit.outstanding, len(surplus))

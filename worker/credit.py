@@ -1,7 +1,8 @@
 """How many tasks a worker asks the broker for: its credit and prefetch.
 
 No sockets, no threads of its own: what depends on time takes ``now`` (a
-``time.monotonic()`` value), and the start times of the running tasks come
+``time.monotonic()`` value; ``grant`` reads the clock itself, and only when
+it needs it, if not given), and the start times of the running tasks come
 from a function given at construction, so this is tested directly
 (tests/test_worker_credit.py). The agent (worker/agent.py) says what
 happened (tasks dispatched, given back, finished) and asks what to offer.
@@ -18,7 +19,8 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Callable
+import time
+from typing import Callable, Sized
 
 # Prefetch while the average task takes less than this...
 PREFETCH_BELOW = 0.005
@@ -40,17 +42,21 @@ class Credit:
     and how long its tasks take (which sets the prefetch)."""
 
     def __init__(self, threads: int, max_tasks: int | None,
-                 started_times: Callable[[], list[float]]) -> None:
+                 started_times: Callable[[], list[float]], running: Sized) -> None:
         self.threads = threads
         # Recycling: tasks this process may be given in all (None: no limit).
         self.max_tasks = max_tasks
         self._started_times = started_times  # of the tasks holding a thread
+        # The tasks running, holding a thread or not (seceded): while fewer
+        # than the threads, started_times (a lock, a list) is not asked.
+        self._running = running
         self.taken = 0  # tasks given to this process and not given back
         self.outstanding = 0  # credit the broker has not used yet
         self.task_time: float | None = None  # moving average of task run times
         self.task_times: collections.deque = collections.deque(maxlen=TASK_TIME_SAMPLES)
+        self.long_for_sure = False  # each of the last TASK_TIME_SAMPLES tasks was long
 
-    def grant(self, holding: int, seceded: int, draining: bool, now: float) -> int:
+    def grant(self, holding: int, seceded: int, draining: bool, now: float | None = None) -> int:
         """Credit to offer now, counted as outstanding: room up to the target,
         counting the ``holding`` tasks here and what the broker may still send.
         Tasks waiting on their own futures (``seceded``) gave their slots back."""
@@ -76,11 +82,13 @@ class Credit:
 
     def observe(self, seconds: list[float]) -> None:
         """Tasks finished, having run this long each."""
-        self.task_times.extend(seconds)
+        times = self.task_times
+        times.extend(seconds)
         average = self.task_time
         for value in seconds:
             average = value if average is None else average * 0.8 + value * 0.2
         self.task_time = average
+        self.long_for_sure = len(times) >= TASK_TIME_SAMPLES and min(times) > PREFETCH_BELOW
 
     def short_tasks(self) -> bool:
         return self.task_time is not None and self.task_time <= PREFETCH_BELOW
@@ -89,15 +97,17 @@ class Credit:
         """Whether this process has been given every task it may run."""
         return self.max_tasks is not None and self.taken >= self.max_tasks
 
-    def prefetch(self, now: float) -> int:
+    def prefetch(self, now: float | None = None) -> int:
         """Tasks to hold beyond one per thread."""
-        if self.task_time is None:
+        task_time = self.task_time  # (short_tasks(), inline: this runs per RESULTS)
+        if task_time is None:
             return 0
-        if not self.short_tasks():
+        if task_time > PREFETCH_BELOW:
             return PREFETCH_LONG
-        if self.all_busy_since(now) is not None:
+        if len(self._running) >= self.threads and self.all_busy_since(
+                time.monotonic() if now is None else now) is not None:
             return 0  # long tasks occupy every thread now: short ones would be stuck here
-        per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(self.task_time, 1e-6)))
+        per_thread = min(PREFETCH_MAX, math.ceil(PREFETCH_SPAN / max(task_time, 1e-6)))
         return self.threads * per_thread
 
     def all_busy_since(self, now: float) -> float | None:
@@ -121,8 +131,7 @@ class Credit:
         the tasks that a short tasks' prefetch took on (up to PREFETCH_MAX a
         thread) are more than long tasks want: of the ``waiting`` tasks, those
         to give back with the unused credit; None if nothing is to go."""
-        times = self.task_times
-        if draining or len(times) < TASK_TIME_SAMPLES or min(times) <= PREFETCH_BELOW:
+        if draining or not self.long_for_sure:
             return None
         # Held beyond a thread each and PREFETCH_LONG: of those not started.
         # (Tasks just read for free threads are waiting too, for a moment.)

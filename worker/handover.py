@@ -110,10 +110,11 @@ class Handover:
         log.debug("lent the socket to the task thread")
         try:
             while True:
-                events = turn.poll(poller, sock, -1)
+                turn.poll(poller, sock, -1)
+                # (No waker.clear per task: take_back clears ``lent`` before it
+                # wakes, so a wake seen here has already made this return.)
                 if not self.lent or connection.socket is not sock:
                     return
-                self._waker.clear(self._waker.fd in events)
                 self.reading = True
                 self.exit = connection.read(agent.on_message)
                 self.reading = False
@@ -135,7 +136,7 @@ class Handover:
                 agent.send_results()
                 if agent.draining or not connection.broker_seen:  # recycling, or a reconnect
                     return
-                self._active_at = time.monotonic()
+                self._active_at = connection.last_send  # the results' send time: no clock read
         finally:
             self.reading = False
             if self.lone is not None:  # read when reading failed, so it must run

@@ -22,21 +22,21 @@ class Initializers:
         # Clients that run another Python minor version than this worker: code
         # they send by value is not loaded here (see before).
         self.client_pythons: dict[bytes, str] = {}
-        self._frames: dict[bytes, list] = {}
+        self.frames: dict[bytes, list] = {}  # the runner skips before() while empty
         self._results: dict[bytes, tuple | None] = {}
         self._lock = threading.Lock()
         # Clients gone whose initializers go once their tasks here are done.
         self.forgetting: set[bytes] = set()
 
     def add(self, client_id: bytes, frames: list) -> None:
-        self._frames[client_id] = frames
+        self.frames[client_id] = frames
         self.forgetting.discard(client_id)  # back under the same id: keep this one
 
     def before(self, client_id: bytes, frames: list) -> tuple | None:
         """From a task's thread, before its call is loaded: the outcome that
         answers the task instead (its client's initializer failed, or the call
         carries code of another Python), or None to go on."""
-        if client_id in self._frames:
+        if client_id in self.frames:
             failed = self._initialize(client_id)
             if failed is not None:
                 return failed
@@ -60,7 +60,7 @@ class Initializers:
             if client_id not in self._results:
                 result = None
                 try:
-                    initializer, initargs = loads(self._frames[client_id])
+                    initializer, initargs = loads(self.frames[client_id])
                     initializer(*initargs)
                 except BaseException as exc:
                     log.warning("initializer of client %s failed: %r", client_id.hex(), exc)
@@ -87,7 +87,7 @@ class Initializers:
             # Also whether it ran: a client the broker let back in under the
             # same id sends it again.
             with self._lock:
-                self._frames.pop(client_id, None)
+                self.frames.pop(client_id, None)
                 self._results.pop(client_id, None)
             self.client_pythons.pop(client_id, None)
             log.debug("dropped the initializer of client %s, which has gone",

@@ -16,12 +16,8 @@ from typing import Callable
 
 STDOUT, STDERR = 1, 2
 
-_current = threading.local()
-
-
-def running(key: tuple | None) -> None:
-    """Mark the calling thread as running task ``key`` (None: no task)."""
-    _current.key = key
+# Per thread: ``key``, the task it runs (None or unset: none); the runner sets it.
+current_task = threading.local()
 
 
 class _Router(io.TextIOBase):
@@ -31,7 +27,7 @@ class _Router(io.TextIOBase):
         self._sink = sink
 
     def write(self, text: str) -> int:
-        key = getattr(_current, "key", None)
+        key = getattr(current_task, "key", None)
         if key is None:
             return self._real.write(text)
         if text:
@@ -69,4 +65,4 @@ def capture(sink: Callable[[tuple, int, str], None]) -> None:
 
 def current() -> tuple | None:
     """The key of the task the calling thread runs (None: no task)."""
-    return getattr(_current, "key", None)
+    return getattr(current_task, "key", None)

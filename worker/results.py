@@ -51,11 +51,14 @@ def take_batch(events, budget: int, running: set, unreported: set,
             results.append(WorkerResultRow(key[0], key[1], int(status), nframes, inline))
             payload.extend(frames)
             size += len(inline) + 16
+    if printed:
+        text = WorkerOutputRow.text
+        for row in printed:
+            row[text] = "".join(row[text])
+    if not started:  # (a lone task's start goes with its result)
+        return results, [], payload, printed
     unreported.difference_update(started)
-    text = WorkerOutputRow.text
-    for row in printed:
-        row[text] = "".join(row[text])
-    return results, [TaskRow(*k) for k in started] if started else [], payload, printed
+    return results, [TaskRow(*k) for k in started], payload, printed
 
 
 def timed_out(overdue: list, where: str) -> list:

@@ -93,7 +93,7 @@ class Runner:
         slots = self._slots
         task = self._next(block=True)
         while task is not _STOP:
-            self._execute(*task)
+            self.run_here(*task)
             # The next task, if one waits, starts before this result is told:
             # a result sent at once then says so too, and the I/O loop need
             # not wake to report that start on its own. (Not once tasks nest:
@@ -145,27 +145,26 @@ class Runner:
             self.events.append(("started", key))
             return key, frames, start
 
-    def run_here(self, key: tuple, frames: list) -> None:
-        """Run a task without options on the calling thread (one of ours, lent
-        the socket by the I/O loop), with the events a queued task makes;
-        never raises."""
-        with self._start_lock:
-            start = self.running[key] = time.monotonic()
-        self.events.append(("started", key))
-        self._execute(key, frames, start)
-
     def _start_timer(self, key: tuple, start: float, timeout: float) -> None:
         """Holds the start lock; the I/O loop wakes to look at the new deadline."""
         self.timers.start(key, start, timeout, threading.get_ident())
         self._notify()
 
-    def _execute(self, key: tuple, frames: list, start: float) -> None:
-        slots = self._slots
-        output.running(key)
+    def run_here(self, key: tuple, frames: list, start: float | None = None) -> None:
+        """Run a task on the calling thread (one of ours); never raises. With
+        ``start``: one _next took and started. Without: a lone task without
+        options that this thread read itself, lent the socket by the I/O loop
+        (worker/handover.py), started here with the events a queued task makes."""
+        if start is None:
+            with self._start_lock:
+                start = self.running[key] = time.monotonic()
+            self.events.append(("started", key))
+        slots, task = self._slots, output.current_task
+        task.key = key
         try:
             status, out = self.run(key[0], frames)
         finally:
-            output.running(None)
+            task.key = None
             if slots.nested:  # only a task that gave its slot back has anything to end
                 context.task_ended()
         with self._start_lock:
@@ -207,38 +206,39 @@ class Runner:
 
     def run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
         try:
-            return self._run(client_id, frames)
+            initializers = self.initializers
+            # (Most workers know no initializer and no other Python: no call then.)
+            if initializers.frames or initializers.client_pythons:
+                failed = initializers.before(client_id, frames)
+                if failed is not None:
+                    return failed
+            try:
+                fn, args, kwargs = loads_call(frames)
+            except BaseException as exc:  # the call itself would not unpickle here
+                return dumps_exception(exc, Status.UNPICKLE_FAILED)
+            try:
+                value = fn(*args, **kwargs)
+            except BaseException as exc:
+                return dumps_exception(exc)
+            del fn, args, kwargs
+            status, frames = dumps_result(value)
+            if len(frames) == 1 and len(frames[0]) <= self.max_message_size:
+                return status, frames
+            largest = max(memoryview(frame).nbytes for frame in frames)
+            if largest > self.max_message_size:
+                return dumps_exception(ValueError(
+                    f"the task's result pickles to a frame of {largest:,} bytes, more than the "
+                    f"broker accepts ({self.max_message_size:,} bytes, broker "
+                    "--max-message-size)"))
+            return status, frames
         except BaseException as exc:
-            # Reporting the outcome failed, though every hop in _run catches
+            # Reporting the outcome failed, though every hop above catches
             # what user code raises: a task thread that died here would leave
             # the task unanswered for ever, so this still answers, if only
             # with a name.
             log.exception("could not report the outcome of a task")
             return dumps_exception(RuntimeError(
                 f"the worker could not report this task's outcome: {type(exc).__qualname__}"))
-
-    def _run(self, client_id: bytes, frames: list) -> tuple[Status, list]:
-        failed = self.initializers.before(client_id, frames)
-        if failed is not None:
-            return failed
-        try:
-            fn, args, kwargs = loads_call(frames)
-        except BaseException as exc:  # the call itself would not unpickle here
-            return dumps_exception(exc, Status.UNPICKLE_FAILED)
-        try:
-            value = fn(*args, **kwargs)
-        except BaseException as exc:
-            return dumps_exception(exc)
-        del fn, args, kwargs
-        status, frames = dumps_result(value)
-        if len(frames) == 1 and len(frames[0]) <= self.max_message_size:
-            return status, frames
-        largest = max(memoryview(frame).nbytes for frame in frames)
-        if largest > self.max_message_size:
-            return dumps_exception(ValueError(
-                f"the task's result pickles to a frame of {largest:,} bytes, more than the "
-                f"broker accepts ({self.max_message_size:,} bytes, broker --max-message-size)"))
-        return status, frames
 
 
 def _stderr_fd() -> int:
