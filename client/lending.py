@@ -99,7 +99,9 @@ class Lending:
             self.active_at = connection.broker_seen
             if self.lent and (self._table.pending or future._state in _WAITING):
                 self.take_back()  # timed out, or others pending: the loop reads for them
-            turn.give_back(connection.socket)
+            # Still lent, nothing is pending: what waits can wait for the
+            # loop's next pass (skipping the look saves a system call).
+            turn.give_back(None if self.lent and self.wanted else connection.socket)
         return None if deadline is None else _left(deadline)
 
     def _read_until(self, future: Any, deadline: float | None) -> None:

@@ -139,7 +139,7 @@ class Session:
                 try:
                     sent = self._send_alone(future)
                 finally:
-                    connection.give_back()
+                    connection.give_back(not self.lending.lent)
         finally:
             if not sent:  # also if interrupted (Ctrl-C): the I/O thread sends it
                 self._outbox.append(future.task_id)

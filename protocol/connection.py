@@ -199,6 +199,8 @@ class Connection:
         leave the message to the loop."""
         return self.turn.try_take()
 
-    def give_back(self) -> None:
-        """End a ``borrow()``; wakes the loop for a message that arrived meanwhile."""
-        self.turn.give_back(self.socket)
+    def give_back(self, watched: bool = True) -> None:
+        """End a ``borrow()``; wakes the loop for a message that arrived
+        meanwhile. ``watched=False``: the loop does not watch the socket now
+        (it is lent), so that look (a ZMQ_EVENTS call, a system call) is skipped."""
+        self.turn.give_back(self.socket if watched else None)
