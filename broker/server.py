@@ -321,6 +321,18 @@ class Broker:
     def on_submit(self, client_id: bytes, submit: Submit, payload: list, now: float,
                   last: bool = False) -> None:
         state = self.state
+        if last and len(submit.tasks) == 1 and not payload:
+            # A lone call, the last message of its pass: assign() would come
+            # next, and with nothing else queued, it may go to its worker now.
+            row = submit.tasks[0]
+            if len(row) == 3 and not row[SubmitRow.nframes]:
+                assignment = state.submit_lone(client_id, row[0], row[2], now)
+                if assignment is not None:
+                    self.stats.submitted += 1
+                    for message, frames in dispatch_messages(assignment, now,
+                                                             self.stats.dispatch_latency):
+                        self._send(assignment.worker_id, message, frames)
+                    return
         groups = unpack_payloads(submit.tasks, SubmitRow.nframes, payload)
         accepted = 0
         for row, frames in zip(submit.tasks, groups):

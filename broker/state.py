@@ -387,6 +387,22 @@ class BrokerState:
         self.requeue(task)
         return True
 
+    def submit_lone(self, client_id: bytes, task_id: int, frames: bytes,
+                    now: float) -> Assignment | None:
+        """``submit()`` and ``assign()`` at once, for a default task that comes
+        when nothing is queued, with nothing read after it: it goes to the
+        worker assign() would give it, never queued. None, with nothing done,
+        if it is a replay or no worker takes it now: ``submit()`` then does
+        what is due."""
+        queue, client = self.queue, self.clients[client_id]
+        if queue.count or not self.ready or len(queue.order) != 1:
+            return None
+        if task_id in client.waiting or (client_id, task_id) in self.in_flight:
+            return None
+        if self.held_priorities:  # as submit() does, before the task is on a worker
+            self.ask_back.note_outranking(0)
+        return self._dispatcher.assign_lone(Task(client_id, task_id, frames, time=now))
+
     def requeue(self, task: Task, front: bool = False) -> None:
         """Queue a task with options, or one given back (or whose worker is gone)."""
         self.dispatch_due = True
