@@ -337,6 +337,8 @@ class BrokerState:
             task = worker.in_flight.pop(key)
             release(task, self.held_priorities)
             worker.orphans[key] = task.options.resources
+            # A suspect waits for a worker with nothing in flight: this one may be.
+            self.dispatch_due = True
         for worker in self.workers.values():
             worker.pythons_sent.discard(client_id)  # a client back under this id says it again
             if client_id in worker.inits_sent:
