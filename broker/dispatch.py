@@ -102,9 +102,12 @@ class Dispatcher:
         """The ready workers in the order a round fills them: those with a
         free thread first, since a task given to a busy one would wait there
         (and be asked back for the idle one)."""
+        ready = self.ready
+        if len(ready) == 1:
+            return list(ready)
         free, busy = [], []
         all_workers = self.workers
-        for worker_id in self.ready:
+        for worker_id in ready:
             worker = all_workers[worker_id]
             (free if worker.occupied < worker.threads else busy).append(worker_id)
         return free + busy if busy else free

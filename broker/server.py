@@ -364,7 +364,11 @@ class Broker:
             for client_id, task_id, stream, text in news.output:
                 if state.started(worker_id, (client_id, task_id)):
                     for_client(client_id).output.append(ClientOutputRow(task_id, stream, text, label))
-        groups = unpack_payloads(news.results, WorkerResultRow.nframes, payload)
+        results = news.results
+        if payload or len(results) != 1 or results[0][WorkerResultRow.nframes]:
+            groups = unpack_payloads(results, WorkerResultRow.nframes, payload)
+        else:  # one result, inline: what unpack_payloads gives
+            groups = ([results[0][WorkerResultRow.inline]],)
         stats = self.stats
         for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
             if state.in_flight.get((client_id, task_id)) != worker_id:
