@@ -4,10 +4,12 @@
     queue ──> assign(): rounds over the ready workers, free threads first,
               an equal share each ──> _fill ──> _hand ──> Assignment per worker
 
-The speed trick, in one place: ``_fill_plain`` takes the default level's
+The speed tricks, here alone: ``_fill_plain`` takes the default level's
 head inline while only default tasks are queued (nearly always), where
 ``_fill_levels`` would ask the queue which level comes first for each task.
-Both end in ``_hand``; they must choose the same tasks.
+Both end in ``_hand``; they must choose the same tasks. ``assign_lone`` is
+the round of a queue of one new task, which it never enters (a lone call):
+it must choose the same worker, and shares the round's order and end.
 
 Plain objects, no sockets, no clock.
 """

@@ -20,7 +20,9 @@ client can carry many tasks), hands queued tasks to workers with credit,
 flushes results per client, then runs the timed chores once an interval.
 Payload frames are forwarded as received; the broker decodes only msgpack
 headers and never imports the pickling code. SUBMIT and RESULTS, the hot
-path, are handled here, with what they need bound once. ``_send`` is the
+path, are handled here, with what they need bound once; a lone call (one
+task, the last message of its pass, nothing queued) goes to its worker at
+once (``BrokerState.submit_lone``). ``_send`` is the
 one sender: the rooms below hold no socket and send through it, and it
 notes a peer whose connection is gone for ``_flush`` to remove.
 
@@ -65,7 +67,9 @@ import signal
 import threading
 import time
 
+import msgpack
 import zmq
+from zmq.backend import Socket as _Socket
 
 from zeropool.broker.admission import Admission
 from zeropool.broker.auth import KeyRing, ZapHandler
@@ -75,9 +79,6 @@ from zeropool.broker.peers import Peers
 from zeropool.broker.report import status as status_report
 from zeropool.broker.state import BrokerState
 from zeropool.broker.stats import Stats as Counters
-import msgpack
-from zmq.backend import Socket as _Socket
-
 from zeropool.protocol import (
     PROTOCOL_VERSION, Cancel, ClientOutputRow, ClientResultRow, Op, ProtocolError, Role,
     Status, Submit, SubmitRow, TaskRow, Welcome, Withdraw, WorkerResultRow, WorkerResults,
