@@ -4,10 +4,12 @@
     queue ──> assign(): rounds over the ready workers, free threads first,
               an equal share each ──> _fill ──> _hand ──> Assignment per worker
 
-The speed trick, in one place: ``_fill_plain`` takes the default level's
+The speed tricks, here alone: ``_fill_plain`` takes the default level's
 head inline while only default tasks are queued (nearly always), where
 ``_fill_levels`` would ask the queue which level comes first for each task.
-Both end in ``_hand``; they must choose the same tasks.
+Both end in ``_hand``; they must choose the same tasks. ``assign_lone`` is
+the round of a queue of one new task, which it never enters (a lone call):
+it must choose the same worker, and shares the round's order and end.
 
 Plain objects, no sockets, no clock.
 """
@@ -65,14 +67,7 @@ class Dispatcher:
         queue, ready, all_workers = self.queue, self.ready, self.workers
         while queue.count and ready:
             before = queue.count
-            # Workers with a free thread first: a task given to a busy one
-            # would wait there (and be asked back for the idle one).
-            free, busy = [], []
-            for worker_id in ready:
-                worker = all_workers[worker_id]
-                (free if worker.occupied < worker.threads else busy).append(worker_id)
-            workers = free + busy
-            ready.clear()
+            workers = self._in_turn()
             share = math.ceil(queue.count / len(workers))
             for worker_id in workers:
                 worker = all_workers[worker_id]
@@ -80,12 +75,58 @@ class Dispatcher:
                 if assignment is None:
                     assignment = assignments[worker_id] = Assignment(worker_id, [], [])
                 self._fill(worker, assignment, min(worker.credit, share))
-            for worker_id in workers:
-                if all_workers[worker_id].credit > 0:
-                    ready[worker_id] = None
+            self._after_round(workers)
             if queue.count == before:
                 break  # a suspect at the front waits for a worker with nothing to do
         return [a for a in assignments.values() if a.tasks]
+
+    def assign_lone(self, task: Task) -> Assignment | None:
+        """``assign()`` of a queue of ``task`` alone (a new default task; the
+        caller checks that nothing is queued), without the queue: the worker
+        assign() would choose takes it, the first in turn that is not
+        isolating, and ready and holders end as assign() leaves them. None,
+        with nothing changed, if no worker would take it."""
+        workers = self._in_turn()
+        for worker_id in workers:
+            worker = self.workers[worker_id]
+            if worker.credit > 0 and not worker.isolating:  # else _fill takes nothing
+                break
+        else:
+            return None
+        assignment = Assignment(worker_id, [], [])
+        self.clients[task.client_id].waiting[task.task_id] = task  # where _hand takes it from
+        self._hand(task, worker, assignment)
+        worker.credit -= 1
+        self._after_round(workers)
+        return assignment
+
+    def _in_turn(self) -> list[bytes]:
+        """The ready workers in the order a round fills them: those with a
+        free thread first, since a task given to a busy one would wait there
+        (and be asked back for the idle one)."""
+        ready = self.ready
+        if len(ready) == 1:
+            return list(ready)
+        free, busy = [], []
+        all_workers = self.workers
+        for worker_id in ready:
+            worker = all_workers[worker_id]
+            (free if worker.occupied < worker.threads else busy).append(worker_id)
+        return free + busy if busy else free
+
+    def _after_round(self, workers: list[bytes]) -> None:
+        """After a round over ``workers``: those given more tasks than they
+        have threads hold some waiting; those with credit left stay ready,
+        in the round's order."""
+        all_workers, ready, holders = self.workers, self.ready, self.holders
+        ready.clear()
+        for worker_id in workers:
+            worker = all_workers[worker_id]
+            if worker.occupied > worker.threads:
+                holders[worker_id] = None
+                self.state.steal_due = True
+            if worker.credit > 0:
+                ready[worker_id] = None
 
     def _fill(self, worker: Worker, assignment: Assignment, count: int) -> None:
         if len(self.queue.order) == 1 and not worker.isolating:
@@ -93,9 +134,6 @@ class Dispatcher:
         else:
             taken = self._fill_levels(worker, assignment, count)
         worker.credit -= taken
-        if worker.occupied > worker.threads:
-            self.holders[worker.worker_id] = None
-            self.state.steal_due = True
 
     def _fill_plain(self, worker: Worker, assignment: Assignment, count: int) -> int:
         """``_fill`` while only default tasks are queued (nearly always): the

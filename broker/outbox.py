@@ -25,6 +25,8 @@ from zeropool.protocol import defaults
 
 # Result rows per RESULTS message to a client (rows may carry 4 KiB inline).
 MAX_RESULTS_PER_MESSAGE = 1000
+# What a client or a worker accepts in a header.
+_BUDGET = header_budget(defaults.MAX_MESSAGE_SIZE)
 
 
 @dataclass(slots=True)
@@ -86,7 +88,7 @@ def results_messages(out: Outgoing) -> Iterator[tuple[ClientResults, list]]:
     """As many RESULTS as it takes to keep each header within its budget
     (inline results and output travel in it): output first, since it
     precedes the results of its tasks; news and errors with the first."""
-    budget = header_budget(defaults.MAX_MESSAGE_SIZE)  # what a client accepts
+    budget = _BUDGET
     message = ClientResults([], out.started, out.errors)
     payload, size, frame = [], 0, 0
     for row in out.output:
@@ -111,11 +113,11 @@ def dispatch_messages(assignment: Assignment, now: float,
     """One worker's tasks as DISPATCH messages within a worker's header
     budget, the initializers and Python versions it needs with the first;
     notes each task's time in the queue in ``latency``."""
-    budget = header_budget(defaults.MAX_MESSAGE_SIZE)  # what a worker accepts
-    rows, payload, size = [], [], 0
+    budget = _BUDGET
+    rows, payload, size, inits = [], [], 0, []
     for client_id, frames in assignment.inits:
         payload.extend(frames)
-    inits = [InitRow(client_id, len(frames)) for client_id, frames in assignment.inits]
+        inits.append(InitRow(client_id, len(frames)))
     pythons = assignment.pythons
     for task in assignment.tasks:
         if size >= budget:

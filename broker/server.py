@@ -20,7 +20,9 @@ client can carry many tasks), hands queued tasks to workers with credit,
 flushes results per client, then runs the timed chores once an interval.
 Payload frames are forwarded as received; the broker decodes only msgpack
 headers and never imports the pickling code. SUBMIT and RESULTS, the hot
-path, are handled here, with what they need bound once. ``_send`` is the
+path, are handled here, with what they need bound once; a lone call (one
+task, the last message of its pass, nothing queued) goes to its worker at
+once (``BrokerState.submit_lone``). ``_send`` is the
 one sender: the rooms below hold no socket and send through it, and it
 notes a peer whose connection is gone for ``_flush`` to remove.
 
@@ -65,7 +67,9 @@ import signal
 import threading
 import time
 
+import msgpack
 import zmq
+from zmq.backend import Socket as _Socket
 
 from zeropool.broker.admission import Admission
 from zeropool.broker.auth import KeyRing, ZapHandler
@@ -76,18 +80,27 @@ from zeropool.broker.report import status as status_report
 from zeropool.broker.state import BrokerState
 from zeropool.broker.stats import Stats as Counters
 from zeropool.protocol import (
-    PROTOCOL_VERSION, Cancel, ClientOutputRow, ClientResultRow, Op, ProtocolError, Role, Status,
-    Submit, SubmitRow, TaskRow, Welcome, Withdraw, WorkerResultRow, WorkerResults, decode, encode,
-    pack_payload, unpack_payloads,
+    PROTOCOL_VERSION, Cancel, ClientOutputRow, ClientResultRow, Op, ProtocolError, Role,
+    Status, Submit, SubmitRow, TaskRow, Welcome, Withdraw, WorkerResultRow, WorkerResults,
+    decode, encode, pack_payload, unpack_payloads,
 )
 from zeropool.protocol import defaults
-from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
+from zeropool.protocol.frames import MAX_HEADER_SIZE
+from zeropool.protocol.sockets import keep_alive
 
 log = logging.getLogger("zeropool.broker")
 
 # Messages read per pass before dispatching: large enough to batch a burst,
 # small enough that a flood from one client cannot starve timed chores.
 MAX_READS_PER_PASS = 2000
+
+# The socket calls of protocol.sockets, bound here: each costs a Python call
+# there, and a lone task's round trip makes a dozen of them.
+_recv, _send_frame, _get = _Socket.recv, _Socket.send, _Socket.get
+_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_monotonic = time.monotonic
+_unpackb = msgpack.unpackb
 
 
 class Broker:
@@ -176,32 +189,28 @@ class Broker:
         # that does not wait). ZMQ_FD only signals edges, so the loop looks at
         # ZMQ_EVENTS itself before it sleeps.
         zap_fd = self.zap.socket.getsockopt(zmq.FD) if self.zap is not None else None
+        sock, sock_fd = self.socket, self.socket.getsockopt(zmq.FD)
         poller = select.poll()
-        for fd in (self.socket.getsockopt(zmq.FD), wake_read, watch_fd, zap_fd):
+        for fd in (sock_fd, wake_read, watch_fd, zap_fd):
             if fd is not None:
                 poller.register(fd, select.POLLIN)
-        next_chores = time.monotonic() + self.heartbeat_interval
+        only_sock = [(sock_fd, select.POLLIN)]  # the usual wake-up, which needs no more looks
+        now = time.monotonic()
+        next_chores = now + self.heartbeat_interval
         log.info("broker listening on %s (protocol %d, %s)", self.address, PROTOCOL_VERSION,
                  "CURVE: authorized keys only" if self.zap else "no authentication")
         try:
             while not self._stopping:
-                timeout = max(0.0, next_chores - time.monotonic())
-                if readable(self.socket):  # sends may have taken the edge of one waiting
-                    timeout = 0.0
-                events = dict(poller.poll(timeout * 1000))
-                if watch_fd is not None and watch_fd in events:
-                    log.info("parent process has exited; stopping")
+                timeout = next_chores - now  # the pass before ended at `now`
+                # Sends may have taken the edge of a message waiting: ZMQ_EVENTS.
+                if timeout < 0 or _get(sock, _EVENTS) & _POLLIN:
+                    timeout = 0
+                events = poller.poll(timeout * 1000)
+                if events != only_sock and _woken(events, watch_fd, wake_read, zap_fd, self.zap):
                     break
-                if wake_read in events:
-                    os.read(wake_read, 512)
-                if zap_fd is not None and zap_fd in events:
-                    # It ends on a receive that finds nothing, which re-arms
-                    # the ZMQ_FD; nothing else uses that socket.
-                    self.zap.handle()
-                self._read_all()
-                self._dispatch()
+                self._dispatch(self._read_all())
                 self._flush()
-                now = time.monotonic()
+                now = _monotonic()
                 if now >= next_chores:
                     self._chores(now)
                     next_chores = now + self.heartbeat_interval
@@ -231,22 +240,58 @@ class Broker:
         # say so: assign() looks again once an interval.
         self.state.dispatch_due = True
 
-    def _read_all(self) -> None:
+    def _read_all(self) -> float | None:
+        """Handles the messages waiting (as ``recv_frames`` reads them); returns
+        when the last was read, None if none was. The loop was woken, most
+        often by a message, so the first receive asks ZMQ_EVENTS nothing."""
+        sock, handle = self.socket, self._handle
+        now = None
         for _ in range(MAX_READS_PER_PASS):
-            if not readable(self.socket):
-                return
-            frames = recv_frames(self.socket)  # the header stays a Frame: it holds the key
-            peer_id = frames[0]
-            if len(frames) < 2:
-                self.admission.complain(peer_id, "bad_message", "an empty message")
-                continue
             try:
-                self._handle(peer_id, frames[1:])
-            except ProtocolError as exc:
-                self.admission.complain(peer_id, "bad_message", str(exc))
+                frame = _recv(sock, _NOBLOCK, False)
+            except zmq.Again:
+                return now
+            frames = [frame.bytes]  # the peer's id; the header stays a Frame: it holds the key
+            while frame.more:
+                frame = _recv(sock, _NOBLOCK, False)
+                frames.append(frame)
+            # Asked before handling: the last message of a pass may skip steps.
+            more = _get(sock, _EVENTS) & _POLLIN
+            now = _monotonic()
+            if len(frames) < 2:
+                self.admission.complain(frames[0], "bad_message", "an empty message")
+            else:
+                try:
+                    handle(frames, now, not more)
+                except ProtocolError as exc:
+                    self.admission.complain(frames[0], "bad_message", str(exc))
+            if not more:
+                return now
+        return now
 
-    def _handle(self, peer_id: bytes, frames: list) -> None:
-        now = time.monotonic()
+    def _handle(self, frames: list, now: float, last: bool) -> None:
+        """A client's SUBMIT and a worker's RESULTS, parsed as ``decode`` would
+        but without its generic steps; anything else, or anything amiss, goes
+        the general way (``_handle_any``)."""
+        peer_id, header = frames[0], frames[1]
+        state = self.state
+        peer, op = state.workers.get(peer_id), "results"
+        if peer is None:
+            peer, op = state.clients.get(peer_id), "submit"
+        if peer is not None and len(header) <= MAX_HEADER_SIZE:
+            try:
+                header = _unpackb(header, raw=False, strict_map_key=True)
+            except Exception:  # msgpack raises several unrelated types
+                header = None
+            if type(header) is dict and header.get("op") == op:
+                message = (WorkerResults if op == "results" else Submit).parse(header)
+                peer.last_seen, peer.silent = now, False  # Roster.seen
+                if op == "results":
+                    return self.on_results(peer_id, message, frames[2:], now)
+                return self.on_submit(peer_id, message, frames[2:], now, last)
+        self._handle_any(peer_id, frames[1:], now)
+
+    def _handle_any(self, peer_id: bytes, frames: list, now: float) -> None:
         role = self.state.role_of(peer_id)
         try:
             message, payload = decode(frames, Role.WORKER if role == "worker" else None)
@@ -274,10 +319,23 @@ class Broker:
 
     # -- the hot path: tasks in, results out -------------------------------
 
-    def on_submit(self, client_id: bytes, submit: Submit, payload: list, now: float) -> None:
+    def on_submit(self, client_id: bytes, submit: Submit, payload: list, now: float,
+                  last: bool = False) -> None:
+        state = self.state
+        if last and len(submit.tasks) == 1 and not payload:
+            # A lone call, the last message of its pass: assign() would come
+            # next, and with nothing else queued, it may go to its worker now.
+            row = submit.tasks[0]
+            if len(row) == 3 and not row[SubmitRow.nframes]:
+                assignment = state.submit_lone(client_id, row[0], row[2], now)
+                if assignment is not None:
+                    self.stats.submitted += 1
+                    for message, frames in dispatch_messages(assignment, now,
+                                                             self.stats.dispatch_latency):
+                        self._send(assignment.worker_id, message, frames)
+                    return
         groups = unpack_payloads(submit.tasks, SubmitRow.nframes, payload)
         accepted = 0
-        state = self.state
         for row, frames in zip(submit.tasks, groups):
             # Inline payloads are kept as the bytes alone: a million queued
             # tasks then need no million one-item lists.
@@ -307,7 +365,11 @@ class Broker:
             for client_id, task_id, stream, text in news.output:
                 if state.started(worker_id, (client_id, task_id)):
                     for_client(client_id).output.append(ClientOutputRow(task_id, stream, text, label))
-        groups = unpack_payloads(news.results, WorkerResultRow.nframes, payload)
+        results = news.results
+        if payload or len(results) != 1 or results[0][WorkerResultRow.nframes]:
+            groups = unpack_payloads(results, WorkerResultRow.nframes, payload)
+        else:  # one result, inline: what unpack_payloads gives
+            groups = ([results[0][WorkerResultRow.inline]],)
         stats = self.stats
         for (client_id, task_id, status, _, _), frames in zip(news.results, groups):
             if state.in_flight.get((client_id, task_id)) != worker_id:
@@ -341,21 +403,33 @@ class Broker:
             self._dispatch()
         self.cancels.cancel(client_id, cancel, time.monotonic())
 
-    def _dispatch(self) -> None:
-        now = time.monotonic()
-        send, latency = self._send, self.stats.dispatch_latency
-        for assignment in self.state.assign():
-            for message, payload in dispatch_messages(assignment, now, latency):
-                send(assignment.worker_id, message, payload)
+    def _dispatch(self, now: float | None = None) -> None:
+        """``now``: when the pass's last message was read, if any was."""
+        state, send = self.state, self._send
+        # The flags that assign(), to_steal() and to_preempt() look at first,
+        # looked at here: most passes have nothing to give or ask back.
+        if state.dispatch_due:
+            if not (state.queue.count and state.ready):
+                state.dispatch_due = False  # what assign() finds
+            else:
+                now = time.monotonic() if now is None else now
+                latency = self.stats.dispatch_latency
+                for assignment in state.assign():
+                    for message, payload in dispatch_messages(assignment, now, latency):
+                        send(assignment.worker_id, message, payload)
         # Tasks waiting on busy workers while others have nothing to do: ask
         # for them back. The reply's id matches no cancel, so they are requeued.
-        for worker_id, keys in self.state.ask_back.to_steal():
-            log.debug("asking worker %s back for up to %d waiting task(s): other workers "
-                      "are idle", worker_id.hex(), len(keys))
-            send(worker_id, Withdraw(self.cancels.next_id(), [TaskRow(*key) for key in keys]))
+        if state.steal_due and state.holders and state.ready:
+            for worker_id, keys in state.ask_back.to_steal():
+                log.debug("asking worker %s back for up to %d waiting task(s): other workers "
+                          "are idle", worker_id.hex(), len(keys))
+                send(worker_id, Withdraw(self.cancels.next_id(),
+                                         [TaskRow(*key) for key in keys]))
         # Tasks waiting on workers that a queued one outranks: asked back the
         # same way, so that the higher one goes first.
-        for worker_id, keys in self.state.ask_back.to_preempt():
+        if not state.preempt_due:
+            return
+        for worker_id, keys in state.ask_back.to_preempt():
             log.debug("asking worker %s back for %d waiting task(s) of lower priority",
                       worker_id.hex(), len(keys))
             send(worker_id, Withdraw(self.cancels.next_id(), [TaskRow(*key) for key in keys]))
@@ -375,9 +449,15 @@ class Broker:
                     self.peers.unreachable(self._unreachable.pop(), now)
 
     def _send(self, peer_id: bytes, message, payload: list = ()) -> None:
-        """The one sender: a peer whose connection is gone is noted for _flush."""
+        """The one sender (``send_frames``): a peer whose connection is gone is
+        noted for _flush."""
+        sock, frames = self.socket, encode(message, payload)
         try:
-            send_frames(self.socket, [peer_id, *encode(message, payload)])
+            _send_frame(sock, peer_id, _SNDMORE, False)
+            last = len(frames) - 1
+            for i in range(last):
+                _send_frame(sock, frames[i], _SNDMORE, False)
+            _send_frame(sock, frames[last], 0, False)
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
@@ -388,6 +468,23 @@ class Broker:
         return status_report(self.state, self.stats, self.admission.peer_keys, time.monotonic(),
                              address=self.address, pid=os.getpid(), curve=self.zap is not None,
                              uptime=time.time() - self.started_at)
+
+
+def _woken(events: list, watch_fd: int | None, wake_read: int, zap_fd: int | None,
+           zap: ZapHandler | None) -> bool:
+    """Answers what woke the loop besides its socket; True if the parent
+    process has exited (the loop stops)."""
+    fds = {fd for fd, _ in events}
+    if watch_fd is not None and watch_fd in fds:
+        log.info("parent process has exited; stopping")
+        return True
+    if wake_read in fds:
+        os.read(wake_read, 512)
+    if zap_fd is not None and zap_fd in fds:
+        # It ends on a receive that finds nothing, which re-arms the ZMQ_FD;
+        # nothing else uses that socket.
+        zap.handle()
+    return False
 
 
 def _router(context: zmq.Context, curve_key_pair: tuple[bytes, bytes] | None,

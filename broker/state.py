@@ -337,6 +337,8 @@ class BrokerState:
             task = worker.in_flight.pop(key)
             release(task, self.held_priorities)
             worker.orphans[key] = task.options.resources
+            # A suspect waits for a worker with nothing in flight: this one may be.
+            self.dispatch_due = True
         for worker in self.workers.values():
             worker.pythons_sent.discard(client_id)  # a client back under this id says it again
             if client_id in worker.inits_sent:
@@ -386,6 +388,22 @@ class BrokerState:
         task = OptionedTask(client_id, task_id, frames, time=now, options=options)
         self.requeue(task)
         return True
+
+    def submit_lone(self, client_id: bytes, task_id: int, frames: bytes,
+                    now: float) -> Assignment | None:
+        """``submit()`` and ``assign()`` at once, for a default task that comes
+        when nothing is queued, with nothing read after it: it goes to the
+        worker assign() would give it, never queued. None, with nothing done,
+        if it is a replay or no worker takes it now: ``submit()`` then does
+        what is due."""
+        queue, client = self.queue, self.clients[client_id]
+        if queue.count or not self.ready or len(queue.order) != 1:
+            return None
+        if task_id in client.waiting or (client_id, task_id) in self.in_flight:
+            return None
+        if self.held_priorities:  # as submit() does, before the task is on a worker
+            self.ask_back.note_outranking(0)
+        return self._dispatcher.assign_lone(Task(client_id, task_id, frames, time=now))
 
     def requeue(self, task: Task, front: bool = False) -> None:
         """Queue a task with options, or one given back (or whose worker is gone)."""

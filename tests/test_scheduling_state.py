@@ -262,6 +262,9 @@ events = st.lists(st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(events)
 @example([("submit", C1, OPTIONS[0])] * 5 + [("submit", C2, OPTIONS[1]), ("credit", W1, 1)])
+# A client leaving empties a worker's in-flight table: a suspect may go there now.
+@example([("submit", C1, OPTIONS[0]), ("submit", C1, OPTIONS[0]), ("submit", C2, OPTIONS[0]),
+          ("lose", W2, True), ("leave", C1, None)])
 def test_scheduling_invariants_hold_whatever_happens(script):
     state = make_state(*CLIENTS)
     for worker_id, resources in WORKERS.items():
