@@ -258,7 +258,8 @@ class Session:
             if connection.read(on_message) is not None or self.broker.refused is not None:
                 return  # refused (perhaps read by a caller: client/lending.py)
             connection.waker.clear(connection.waker.fd in events)
-            self._drain_outbox()
+            if connection.broker_seen:  # else the chores below connect anew first
+                self._drain_outbox()
             if self._closing and not table.pending and not self._outbox:
                 if self.broker.connected:
                     connection.send(Bye("client shut down"))
@@ -379,6 +380,10 @@ class Session:
 
     def _send_unsent(self) -> None:
         table = self._table
+        if not self._connection.broker_seen:
+            # To be replaced (perhaps with half a message on it, from an
+            # interrupted caller): what is unsent goes on the new connection.
+            return
         while table.unsent:
             batch = table.batch(header_budget(self.broker.max_message_size))
             if batch is None:
