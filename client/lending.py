@@ -34,7 +34,6 @@ from __future__ import annotations
 import select
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import zmq
@@ -52,7 +51,9 @@ _WAITING = (PENDING, RUNNING)  # a future's states before done (read without its
 LEND_IDLE = 1.0
 
 # The sessions whose socket is lent: a waiter added to any future takes them back.
-lent_sessions: weakref.WeakSet[Lending] = weakref.WeakSet()
+# A plain set (asked per waiter that as_completed adds): a session's loop
+# removes its own before it ends.
+lent_sessions: set[Lending] = set()
 
 
 class Lending:
