@@ -78,6 +78,8 @@ class Lending:
         ask for it if ``future`` is the only task pending; returns the part
         of ``timeout`` left for the usual wait."""
         ident = threading.get_ident()
+        if timeout is not None and timeout <= 0:
+            return timeout  # the usual wait says TimeoutError at once
         if not self.lent:
             if ident != self.loop_ident and len(self._table.pending) == 1:
                 self.wanted = True  # this round trip goes the usual way; later ones not
@@ -123,10 +125,26 @@ class Lending:
             waker.clear(waker.fd in events)
             if connection.socket is not sock:
                 return
-            if connection.read(self._read) is not None or not connection.broker_seen:
-                # Refused, or the broker wants a new connection: the loop's to do.
-                self.take_back()
+            if not self._read_here():
                 return
+
+    def _read_here(self) -> bool:
+        """Holding the turn: read what waits, as the loop would. False: the
+        socket is taken back (refused, or the broker wants a new connection)."""
+        connection = self._connection
+        try:
+            outcome = connection.read(self._read)
+        except BaseException:
+            # Ctrl-C lands in a caller's thread, perhaps between the frames of
+            # a message: start over on a new connection, which submits what is
+            # unanswered again (in the loop's thread it cannot land).
+            connection.broker_seen = 0.0
+            self.take_back()
+            raise
+        if outcome is not None or not connection.broker_seen:
+            self.take_back()
+            return False
+        return True
 
     def _poller_for(self, sock: zmq.Socket) -> select.poll:
         if self._poller is None or self._poller[0] is not sock:
@@ -144,11 +162,15 @@ class Lending:
         connection = self._connection
         if not connection.turn.take(0):
             return
+        if self.reader is not None:  # one started meanwhile: its reading
+            connection.turn.give_back(connection.socket)
+            return
+        self.reader = threading.get_ident()
         try:
             if self.lent and connection.socket is not None:
-                if connection.read(self._read) is not None or not connection.broker_seen:
-                    self.take_back()
+                self._read_here()
         finally:
+            self.reader = None
             connection.turn.give_back(connection.socket)
 
     def take_back(self) -> None:
@@ -167,7 +189,9 @@ class Lending:
             self._waker.wake()  # the loop may have read what the reader waits for
         if self.lent and self.reader is None and now - self.active_at > LEND_IDLE:
             self.wanted = False
-        lend = self.wanted and may_lend
+        # Not while a task is pending that no caller reads for: its waiter
+        # waits on the future (the loop's to complete), not on the socket.
+        lend = self.wanted and may_lend and (self.reader is not None or not self._table.pending)
         if lend and not self.lent:
             self.active_at = now
             lent_sessions.add(self)

@@ -175,9 +175,11 @@ class Session:
         task_ids = [f.task_id for f in futures if not (f.running() or f.done())]
         if not task_ids or not self._thread.is_alive():
             return
-        if threading.current_thread() is self._thread:
-            # From a done-callback: the I/O thread cannot wait for itself, so
-            # only tasks still here are cancelled.
+        if (threading.current_thread() is self._thread
+                or self.lending.reader == threading.get_ident()):
+            # From a done-callback (run by the I/O thread, or by a caller
+            # reading for it): the loop cannot answer meanwhile, so only
+            # tasks still here are cancelled.
             self._table.cancel_unsent(task_ids)
             return
         self.lending.take_back()  # the reply is the loop's to read
@@ -206,7 +208,8 @@ class Session:
             self._table.fail_all(
                 BrokerUnreachable("the executor was shut down before this task ran"))
         self._connection.waker.wake()
-        if wait and threading.current_thread() is not self._thread:
+        if (wait and threading.current_thread() is not self._thread
+                and self.lending.reader != threading.get_ident()):  # a done-callback
             self._thread.join()
 
     # -- the I/O thread -----------------------------------------------------

@@ -128,4 +128,18 @@ class SocketTurn:
         try:
             return dict(poller.poll(timeout_ms))
         finally:
-            self._lock.acquire()
+            _reacquire(self._lock)
+
+
+def _reacquire(lock: threading.Lock) -> None:
+    """Take ``lock`` back even if a signal's exception (a second Ctrl-C)
+    interrupts the wait: the caller releases it later, so it must hold it."""
+    interrupted = None
+    while True:
+        try:
+            lock.acquire()
+            break
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted

@@ -145,3 +145,62 @@ def test_a_broker_killed_while_lent_is_found_and_its_tasks_run_on_the_next(progr
         # Read by this thread while lent, or by the loop once it found the
         # broker silent and connected anew: either way, once.
         assert future.result(timeout=60) != os.getpid()
+
+
+def test_ctrl_c_while_the_caller_reads_loses_nothing(shared_cluster):
+    """A KeyboardInterrupt in the caller's reading, the RESULTS taken off the
+    socket and lost with it: the connection is made anew and the task, still
+    unanswered, is submitted again."""
+    from zeropool.protocol import Op, decode
+    from zeropool.protocol.sockets import readable, recv_frames
+
+    with zeropool.Executor(shared_cluster) as ex:
+        lent_after_lone_round_trips(ex)
+        connection = ex._session._connection
+        real, interrupted = connection.read, []
+
+        def read(handle):
+            sock = connection.socket
+            if not interrupted and threading.current_thread() is threading.main_thread():
+                while readable(sock):
+                    frames = recv_frames(sock)
+                    message, payload = decode(frames)
+                    if message.op is Op.RESULTS and message.results:
+                        interrupted.append(message)
+                        raise KeyboardInterrupt
+                    handle(message, payload)
+            return real(handle)
+
+        connection.read = read
+        try:
+            future = ex.submit(helpers.square, 9)
+            with pytest.raises(KeyboardInterrupt):
+                future.result(timeout=30)
+        finally:
+            del connection.read
+        assert interrupted
+        assert future.result(timeout=60) == 81
+        assert ex.submit(helpers.square, 10).result(timeout=30) == 100
+
+
+def test_a_task_reported_started_is_not_left_unread(shared_cluster):
+    """A task long enough to be reported started first (a RESULTS the loop
+    reads while its caller waits on the future): the socket is not lent
+    then, which would leave its result unread until the loop next woke."""
+    with zeropool.Executor(shared_cluster) as ex:
+        for _ in range(3):
+            started = time.monotonic()
+            assert ex.submit(helpers.sleep_and_return, 0.05, 1).result(timeout=30) == 1
+            # Unread, it would wait for LEND_IDLE (1 s).
+            assert time.monotonic() - started < 0.7
+
+
+def test_no_timeout_left_is_a_timeout_while_lent(shared_cluster, tmp_path):
+    with zeropool.Executor(shared_cluster) as ex:
+        lent_after_lone_round_trips(ex)
+        future = ex.submit(helpers.wait_for_file, str(tmp_path / "release"))
+        for timeout in (0, -0.5):
+            with pytest.raises(cf.TimeoutError):
+                future.result(timeout=timeout)
+        helpers.touch(str(tmp_path / "release"))
+        assert future.result(timeout=30) != os.getpid()
