@@ -111,21 +111,28 @@ class TaskTable:
             if task is None:
                 continue  # a duplicate after a reconnect, or already failed
             self.open -= 1
-            if partial:
-                output.flush(task_id)
-            if status == Status.INIT_FAILED:
-                return task, frames
             try:
-                ok, value = loads_result(status, frames)
-            except BaseException as exc:
-                ok, value = False, pickle.UnpicklingError(
-                    f"the task's {'result' if status == Status.OK else 'exception'} could not "
-                    f"be unpickled here: {type(exc).__name__}: {exc} (is every module it "
-                    "needs importable in this process?)")
-                value.__cause__ = exc
-            if status == Status.UNPICKLE_FAILED and self.resend_by_value(task, value):
-                continue
-            finish(task, ok, value)
+                if partial:
+                    output.flush(task_id)
+                if status == Status.INIT_FAILED:
+                    return task, frames
+                try:
+                    ok, value = loads_result(status, frames)
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:
+                    what = "result" if status == Status.OK else "exception"
+                    ok, value = False, pickle.UnpicklingError(
+                        f"the task's {what} could not be unpickled here: "
+                        f"{type(exc).__name__}: {exc} (is every module it needs importable "
+                        "in this process?)")
+                    value.__cause__ = exc
+                if status == Status.UNPICKLE_FAILED and self.resend_by_value(task, value):
+                    continue
+                finish(task, ok, value)
+            except KeyboardInterrupt:  # in a caller reading (client/lending.py)
+                self._unanswered(task)
+                raise
         for task_id, code, text in message.errors:
             with lock:
                 task = pending.pop(task_id, None)
@@ -135,6 +142,14 @@ class TaskTable:
                     output.flush(task_id)
                 finish(task, False, BROKER_ERRORS.get(code, BrokerUnreachable)(text))
         return None
+
+    def _unanswered(self, task: TaskFuture) -> None:
+        """Ctrl-C while ``task``'s result was being handled: unless it got
+        done, it is pending again, for the new connection to submit."""
+        if not task.done():
+            with self.lock:
+                if self.pending.setdefault(task.task_id, task) is task:
+                    self.open += 1
 
     def resend_by_value(self, task: TaskFuture, exc: BaseException) -> bool:
         """A worker could not import the module of a call: queue it again,

@@ -204,3 +204,27 @@ def test_no_timeout_left_is_a_timeout_while_lent(shared_cluster, tmp_path):
                 future.result(timeout=timeout)
         helpers.touch(str(tmp_path / "release"))
         assert future.result(timeout=30) != os.getpid()
+
+
+def test_ctrl_c_while_the_caller_unpickles_a_result_loses_nothing(shared_cluster, monkeypatch):
+    """A KeyboardInterrupt after the task was taken from the table, before
+    its future was done: it is pending again, and runs on the new connection."""
+    from zeropool.client import table
+
+    real, interrupted = table.loads_result, []
+
+    def loads_result(status, frames):
+        if not interrupted and threading.current_thread() is threading.main_thread():
+            interrupted.append(status)
+            raise KeyboardInterrupt
+        return real(status, frames)
+
+    with zeropool.Executor(shared_cluster) as ex:
+        lent_after_lone_round_trips(ex)
+        monkeypatch.setattr(table, "loads_result", loads_result)
+        future = ex.submit(helpers.square, 11)
+        with pytest.raises(KeyboardInterrupt):
+            future.result(timeout=30)
+        assert interrupted
+        assert future.result(timeout=30) == 121
+        assert ex.submit(helpers.square, 12).result(timeout=30) == 144
