@@ -118,9 +118,7 @@ class TaskTable:
                     return task, frames
                 try:
                     ok, value = loads_result(status, frames)
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as exc:
+                except BaseException as exc:  # also what a result's own unpickling raises
                     what = "result" if status == Status.OK else "exception"
                     ok, value = False, pickle.UnpicklingError(
                         f"the task's {what} could not be unpickled here: "

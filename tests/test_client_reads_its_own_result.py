@@ -206,22 +206,22 @@ def test_no_timeout_left_is_a_timeout_while_lent(shared_cluster, tmp_path):
         assert future.result(timeout=30) != os.getpid()
 
 
-def test_ctrl_c_while_the_caller_unpickles_a_result_loses_nothing(shared_cluster, monkeypatch):
+def test_ctrl_c_while_the_caller_completes_a_future_loses_nothing(shared_cluster, monkeypatch):
     """A KeyboardInterrupt after the task was taken from the table, before
     its future was done: it is pending again, and runs on the new connection."""
     from zeropool.client import table
 
-    real, interrupted = table.loads_result, []
+    real, interrupted = table.finish, []
 
-    def loads_result(status, frames):
+    def finish(future, ok, value):
         if not interrupted and threading.current_thread() is threading.main_thread():
-            interrupted.append(status)
+            interrupted.append(value)
             raise KeyboardInterrupt
-        return real(status, frames)
+        return real(future, ok, value)
 
     with zeropool.Executor(shared_cluster) as ex:
         lent_after_lone_round_trips(ex)
-        monkeypatch.setattr(table, "loads_result", loads_result)
+        monkeypatch.setattr(table, "finish", finish)
         future = ex.submit(helpers.square, 11)
         with pytest.raises(KeyboardInterrupt):
             future.result(timeout=30)
