@@ -69,7 +69,6 @@ import time
 
 import msgpack
 import zmq
-from zmq.backend import Socket as _Socket
 
 from zeropool.broker.admission import Admission
 from zeropool.broker.auth import KeyRing, ZapHandler
@@ -86,7 +85,7 @@ from zeropool.protocol import (
 )
 from zeropool.protocol import defaults
 from zeropool.protocol.frames import MAX_HEADER_SIZE
-from zeropool.protocol.sockets import keep_alive
+from zeropool.protocol.sockets import keep_alive, readable, recv_frames, send_frames
 
 log = logging.getLogger("zeropool.broker")
 
@@ -94,11 +93,6 @@ log = logging.getLogger("zeropool.broker")
 # small enough that a flood from one client cannot starve timed chores.
 MAX_READS_PER_PASS = 2000
 
-# The socket calls of protocol.sockets, bound here: each costs a Python call
-# there, and a lone task's round trip makes a dozen of them.
-_recv, _send_frame, _get = _Socket.recv, _Socket.send, _Socket.get
-_NOBLOCK, _SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
-_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _monotonic = time.monotonic
 _unpackb = msgpack.unpackb
 
@@ -203,7 +197,7 @@ class Broker:
             while not self._stopping:
                 timeout = next_chores - now  # the pass before ended at `now`
                 # Sends may have taken the edge of a message waiting: ZMQ_EVENTS.
-                if timeout < 0 or _get(sock, _EVENTS) & _POLLIN:
+                if timeout < 0 or readable(sock):
                     timeout = 0
                 events = poller.poll(timeout * 1000)
                 if events != only_sock and _woken(events, watch_fd, wake_read, zap_fd, self.zap):
@@ -248,15 +242,11 @@ class Broker:
         now = None
         for _ in range(MAX_READS_PER_PASS):
             try:
-                frame = _recv(sock, _NOBLOCK, False)
+                frames = recv_frames(sock)  # the header stays a Frame: it holds the key
             except zmq.Again:
                 return now
-            frames = [frame.bytes]  # the peer's id; the header stays a Frame: it holds the key
-            while frame.more:
-                frame = _recv(sock, _NOBLOCK, False)
-                frames.append(frame)
             # Asked before handling: the last message of a pass may skip steps.
-            more = _get(sock, _EVENTS) & _POLLIN
+            more = readable(sock)
             now = _monotonic()
             if len(frames) < 2:
                 self.admission.complain(frames[0], "bad_message", "an empty message")
@@ -449,15 +439,9 @@ class Broker:
                     self.peers.unreachable(self._unreachable.pop(), now)
 
     def _send(self, peer_id: bytes, message, payload: list = ()) -> None:
-        """The one sender (``send_frames``): a peer whose connection is gone is
-        noted for _flush."""
-        sock, frames = self.socket, encode(message, payload)
+        """The one sender: a peer whose connection is gone is noted for _flush."""
         try:
-            _send_frame(sock, peer_id, _SNDMORE, False)
-            last = len(frames) - 1
-            for i in range(last):
-                _send_frame(sock, frames[i], _SNDMORE, False)
-            _send_frame(sock, frames[last], 0, False)
+            send_frames(self.socket, [peer_id, *encode(message, payload)])
         except zmq.ZMQError as exc:
             if exc.errno != errno.EHOSTUNREACH:
                 raise
